@@ -1,0 +1,141 @@
+"""`create_app(settings)`: the FastAPI application of one worker."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import threading
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+from starlette.types import Receive, Scope, Send
+
+from service.api import errors
+from service.api.auth import TokenSigner
+from service.api.middleware import BodyLimit, Metrics
+from service.api.routes import events, items, ops, uploads, users
+from service.config import Settings
+from service.metrics import observe_batch
+from service.realtime.backplane import Backplane, backplane_from_url
+from service.realtime.hub import Hub
+from service.realtime.relay import EventRelay
+from service.store.client import InProcessStoreClient, StoreClient, connect_store
+
+logger = logging.getLogger(__name__)
+
+MULTIPART_OVERHEAD = 64 * 1024
+
+
+def create_app(
+    settings: Settings | None = None,
+    store: StoreClient | None = None,
+    backplane: Backplane | None = None,
+) -> FastAPI:
+    settings = settings or Settings()
+    store = store or connect_store(settings)
+    backplane = backplane or backplane_from_url(settings.redis_url)
+    hub = Hub(maxsize=settings.subscriber_buffer, flush_interval=settings.stream_flush_ms / 1000)
+    poll = 1.0
+    if settings.store_url and not settings.redis_url:
+        # Nobody publishes to this worker: it can only learn of changes by asking the store.
+        logger.warning("no REDIS_URL: change events reach this worker by polling the store")
+        poll = 0.1
+    relay = EventRelay(backplane, store, hub, poll_interval=poll)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        publisher = None
+        await store.start()
+        await backplane.start()
+        if isinstance(store, InProcessStoreClient):
+            # embedded mode: this process also runs the store's outbox publisher
+            from service.realtime.publisher import OutboxPublisher
+
+            store.engine.add_batch_observer(observe_batch)
+            publisher = OutboxPublisher(
+                store.engine, backplane, settings.data_dir / "published_seq"
+            )
+            await publisher.start()
+        await relay.start()
+        restore_signals = _end_streams_on_signal(hub)
+        try:
+            yield
+        finally:
+            # shutdown: end streams, stop consuming events, then release the store
+            restore_signals()
+            hub.close()
+            await relay.close()
+            if publisher is not None:
+                await publisher.close()
+            await backplane.close()
+            await store.close()
+
+    app = DuckcastApp(
+        title="Duckcast",
+        version="1.0.0",
+        summary="Realtime CRUD over JSON and Protocol Buffers",
+        lifespan=lifespan,
+    )
+    app.state.settings = settings
+    app.state.store = store
+    app.state.hub = hub
+    app.state.signer = TokenSigner(settings.secret_key, settings.token_ttl_seconds)
+    readiness: dict[str, Callable[[], str | None]] = {
+        "backplane": lambda: None if backplane.live else "subscription is not live",
+        "events": lambda: None if relay.started.is_set() else "event relay not started",
+    }
+    app.state.readiness = readiness
+    errors.install(app)
+    for router in (users.router, items.router, events.router, uploads.router, ops.router):
+        app.include_router(router)
+    app.add_middleware(
+        BodyLimit,
+        default=settings.max_body_bytes,
+        per_path={"/api/upload": settings.upload_max_bytes + MULTIPART_OVERHEAD},
+    )
+    app.add_middleware(Metrics)
+    return app
+
+
+class DuckcastApp(FastAPI):
+    """FastAPI, but the two event streams go straight to their ASGI handlers (see
+    service.api.routes.events): a long-lived stream should hold as little as possible."""
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        stream = events.STREAMS.get((scope["type"], scope.get("path", "")))
+        if stream is not None and scope.get("method", "GET") == "GET":
+            scope["app"] = self
+            await stream(scope, receive, send)
+            return
+        await super().__call__(scope, receive, send)
+
+
+def _end_streams_on_signal(hub: Hub) -> Callable[[], None]:
+    """On SIGTERM/SIGINT, end SSE streams and close WebSockets at once.
+
+    uvicorn stops accepting and waits for open responses to finish, but an event stream never
+    finishes by itself: without this, gunicorn's graceful timeout kills the worker and the
+    lifespan shutdown never runs. We chain onto uvicorn's handlers, which stay in charge.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        return lambda: None
+    loop = asyncio.get_running_loop()
+    previous = {}
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        prev = signal.getsignal(sig)
+
+        def handler(signum: int, frame: object, prev: object = prev) -> None:
+            loop.call_soon_threadsafe(hub.close)
+            if callable(prev):
+                prev(signum, frame)
+
+        previous[sig] = prev
+        signal.signal(sig, handler)
+
+    def restore() -> None:
+        for sig, prev in previous.items():
+            signal.signal(sig, prev)
+
+    return restore

@@ -1,0 +1,135 @@
+"""Content negotiation in one place: request bodies in JSON or protobuf, responses and errors
+in whichever format `Accept` asks for (JSON by default)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import orjson
+from google.protobuf.message import DecodeError, Message
+from pydantic import BaseModel, ValidationError
+from starlette.requests import Request
+from starlette.responses import Response
+
+from service.errors import Invalid, UnsupportedMediaType
+from service.pb import duckcast_pb2 as pb
+
+JSON = "application/json"
+PROTOBUF = "application/protobuf"  # RFC 9996
+PROTOBUF_TYPES = (PROTOBUF, "application/x-protobuf")  # and the older alias the seeds use
+
+M = TypeVar("M", bound=BaseModel)
+
+
+class BadRequest(Invalid):
+    status = 400
+
+
+def response_type(request: Request) -> str:
+    """The protobuf media type the client named in Accept (echoed back), else JSON."""
+    accept = request.headers.get("accept", "")
+    if "protobuf" in accept:
+        for part in accept.split(","):
+            media = part.split(";", 1)[0].strip().lower()
+            if media in PROTOBUF_TYPES:
+                return media
+    return JSON
+
+
+def render(
+    request: Request,
+    message: Message,
+    to_json: Callable[[Any], Any],
+    status: int = 200,
+    headers: dict[str, str] | None = None,
+) -> Response:
+    media = response_type(request)
+    body = orjson.dumps(to_json(message)) if media == JSON else message.SerializeToString()
+    return Response(body, status_code=status, media_type=media, headers=headers)
+
+
+def render_error(
+    request: Request, status: int, message: str, headers: dict[str, str] | None = None
+) -> Response:
+    media = response_type(request)
+    if media == JSON:
+        body = orjson.dumps({"detail": message})
+    else:
+        body = pb.Error(code=status, message=message).SerializeToString()
+    return Response(body, status_code=status, media_type=media, headers=headers)
+
+
+async def parse_body(request: Request, model: type[M], message: type[Message]) -> M:
+    media = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
+    body = await request.body()
+    data: Any
+    if media == JSON or media.endswith("+json"):
+        try:
+            data = orjson.loads(body)
+        except orjson.JSONDecodeError as exc:
+            raise BadRequest(f"body: malformed JSON ({exc})") from None
+    elif media in PROTOBUF_TYPES:
+        try:
+            decoded = message.FromString(body)
+        except DecodeError:
+            raise BadRequest(f"body: undecodable {message.DESCRIPTOR.name} protobuf") from None
+        data = proto_fields(decoded)
+    else:
+        raise UnsupportedMediaType(
+            f"Content-Type must be {JSON}, {PROTOBUF} or application/x-protobuf"
+        )
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        raise Invalid(validation_message(exc)) from None
+
+
+def proto_fields(msg: Message) -> dict[str, Any]:
+    """The fields a protobuf message sets, as plain values (nested messages as dicts)."""
+    out: dict[str, Any] = {}
+    for field, value in msg.ListFields():
+        if field.message_type is None:
+            out[field.name] = value
+        elif field.is_repeated:
+            out[field.name] = [proto_fields(v) for v in value]
+        else:
+            out[field.name] = proto_fields(value)
+    return out
+
+
+def validation_message(exc: ValidationError) -> str:
+    parts = []
+    for err in exc.errors()[:5]:
+        loc = ".".join(str(p) for p in err["loc"] if p not in ("body", "query", "path"))
+        parts.append(f"{loc or 'body'}: {err['msg']}")
+    return "; ".join(parts)
+
+
+def documented(
+    request_model: type[BaseModel] | None = None,
+    response_model: type[BaseModel] | None = None,
+    status: int = 200,
+) -> dict[str, Any]:
+    """Route kwargs that make OpenAPI list both JSON and protobuf for body and response."""
+    binary = {"schema": {"type": "string", "format": "binary"}}
+    kwargs: dict[str, Any] = {"status_code": status}
+    if response_model is not None:
+        kwargs["responses"] = {
+            status: {
+                "model": response_model,
+                "content": {PROTOBUF: binary, "application/x-protobuf": binary},
+            }
+        }
+    if request_model is not None:
+        kwargs["openapi_extra"] = {
+            "requestBody": {
+                "required": True,
+                "content": {
+                    JSON: {"schema": request_model.model_json_schema()},
+                    PROTOBUF: binary,
+                    "application/x-protobuf": binary,
+                },
+            }
+        }
+    return kwargs

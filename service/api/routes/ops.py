@@ -1,0 +1,61 @@
+from __future__ import annotations
+
+import asyncio
+import re
+from pathlib import Path
+
+from fastapi import APIRouter
+from starlette.requests import Request
+from starlette.responses import FileResponse, HTMLResponse, JSONResponse, Response
+
+from service.errors import DuckcastError, NotFound
+from service.metrics import exposition
+from service.paths import repo_dir
+
+router = APIRouter(tags=["operations"])
+
+STATIC = Path(__file__).resolve().parents[1] / "static"
+
+
+@router.get("/healthz")
+async def healthz() -> dict[str, str]:
+    return {"status": "ok"}
+
+
+@router.get("/readyz", responses={503: {"description": "not ready, with the reason"}})
+async def readyz(request: Request) -> Response:
+    reasons: list[str] = []
+    try:
+        await asyncio.wait_for(request.app.state.store.ping(), timeout=2.0)
+    except (DuckcastError, TimeoutError) as exc:
+        reasons.append(f"store: {exc or 'no answer within 2s'}")
+    for name, check in request.app.state.readiness.items():
+        problem = check()
+        if problem:
+            reasons.append(f"{name}: {problem}")
+    if reasons:
+        return JSONResponse(
+            {"status": "unavailable", "reasons": reasons},
+            status_code=503,
+            headers={"Retry-After": "1"},
+        )
+    return JSONResponse({"status": "ready"})
+
+
+@router.get("/metrics", include_in_schema=False)
+async def metrics() -> Response:
+    body, media_type = exposition()
+    return Response(body, media_type=media_type)
+
+
+@router.get("/", include_in_schema=False)
+async def index() -> Response:
+    return HTMLResponse((STATIC / "index.html").read_text())
+
+
+@router.get("/protos/{name}.proto", include_in_schema=False)
+async def proto_file(name: str) -> Response:
+    path = repo_dir("protos") / f"{name}.proto"
+    if not re.fullmatch(r"[a-z_]+", name) or not path.is_file():
+        raise NotFound(f"no schema named {name}.proto")
+    return FileResponse(path, media_type="text/plain; charset=utf-8")

@@ -1,0 +1,73 @@
+from __future__ import annotations
+
+import asyncio
+
+from fastapi import APIRouter
+from starlette.requests import Request
+from starlette.responses import Response
+
+from service.api.auth import hash_password, verify_password
+from service.api.deps import CurrentUser, SettingsDep, SignerDep, StoreDep
+from service.api.negotiation import documented, parse_body, render
+from service.api.schemas import Credentials, LoginIn, LoginOut, UserOut, login_json, user_json
+from service.errors import NotFound, Unauthorized
+from service.pb import duckcast_pb2 as pb
+from service.store.rows import set_us
+
+router = APIRouter(prefix="/api", tags=["users"])
+
+
+@router.post("/register", **documented(Credentials, UserOut, 201))
+async def register(request: Request, store: StoreDep) -> Response:
+    creds = await parse_body(request, Credentials, pb.RegisterRequest)
+    # argon2 is deliberately slow: keep it off the event loop.
+    password_hash = await asyncio.to_thread(hash_password, creds.password)
+    user = await store.create_user(creds.username, password_hash)
+    return render(request, user, user_json, 201)
+
+
+@router.post("/login", **documented(LoginIn, LoginOut))
+async def login(
+    request: Request, store: StoreDep, signer: SignerDep, settings: SettingsDep
+) -> Response:
+    creds = await parse_body(request, LoginIn, pb.LoginRequest)
+    try:
+        record = await store.get_user_by_name(creds.username)
+        user, password_hash = record.user, record.password_hash
+    except NotFound:
+        user, password_hash = None, None
+    ok = await asyncio.to_thread(verify_password, creds.password, password_hash)
+    if not ok or user is None:
+        raise Unauthorized("invalid username or password")
+    token = signer.issue(user.id)
+    body = pb.LoginResponse(token=token.value, token_type="bearer", user=user)
+    set_us(body.expires_at, token.expires_at * 1_000_000)
+    response = render(request, body, login_json)
+    response.set_cookie(
+        settings.cookie_name,
+        token.value,
+        max_age=signer.ttl,
+        httponly=True,
+        samesite="lax",
+        secure=settings.cookie_secure,
+        path="/",
+    )
+    return response
+
+
+@router.post("/logout", status_code=204)
+async def logout(_: CurrentUser, settings: SettingsDep) -> Response:
+    response = Response(status_code=204)
+    response.delete_cookie(
+        settings.cookie_name, path="/", httponly=True, samesite="lax", secure=settings.cookie_secure
+    )
+    return response
+
+
+@router.get("/me", **documented(response_model=UserOut))
+async def me(request: Request, user_id: CurrentUser, store: StoreDep) -> Response:
+    try:
+        user = await store.get_user(user_id)
+    except NotFound:
+        raise Unauthorized("the session's user no longer exists") from None
+    return render(request, user, user_json)

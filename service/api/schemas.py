@@ -1,0 +1,191 @@
+"""JSON shapes: pydantic models validate request bodies (JSON, and protobuf after decoding,
+so both formats obey the same rules) and document responses; hand-written converters turn the
+store's protobuf messages into JSON-ready dicts on the hot path. Field names mirror protos/."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from service.pb import duckcast_pb2 as pb
+
+Title = Annotated[str, Field(min_length=1, max_length=200)]
+Description = Annotated[str, Field(max_length=10_000)]
+Status = Literal["active", "completed"]
+Priority = Annotated[int, Field(ge=0, le=100)]
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(strict=True, extra="forbid")
+
+
+class Credentials(Strict):
+    username: Annotated[str, Field(min_length=3, max_length=32, pattern=r"^[A-Za-z0-9_.-]+$")]
+    password: Annotated[str, Field(min_length=8, max_length=128)]
+
+
+class LoginIn(Strict):
+    # No format rules at login: a wrong name is just a failed login (one 401 for all).
+    username: Annotated[str, Field(max_length=200)]
+    password: Annotated[str, Field(max_length=1024)]
+
+
+class ItemCreate(Strict):
+    title: Title
+    description: Description = ""
+    status: Status = "active"
+    priority: Priority = 0
+
+
+class ItemUpdate(Strict):
+    title: Title | None = None
+    description: Description | None = None
+    status: Status | None = None
+    priority: Priority | None = None
+
+    @model_validator(mode="after")
+    def _not_empty(self) -> ItemUpdate:
+        if not self.model_fields_set:
+            raise ValueError("give at least one of title, description, status, priority")
+        for name in self.model_fields_set:
+            if getattr(self, name) is None:
+                raise ValueError(f"{name}: may not be null")
+        return self
+
+
+class BulkCreate(Strict):
+    items: Annotated[list[ItemCreate], Field(min_length=1, max_length=1000)]
+
+
+# -- response documentation (serialisation itself is done by the converters below) ---------
+
+
+class UserOut(BaseModel):
+    id: int
+    username: str
+    created_at: datetime
+
+
+class LoginOut(BaseModel):
+    token: str
+    token_type: Literal["bearer"]
+    expires_at: datetime
+    user: UserOut
+
+
+class ItemOut(BaseModel):
+    id: int
+    title: str
+    description: str
+    status: Status
+    priority: int
+    owner_id: int
+    created_at: datetime
+    updated_at: datetime
+    version: int
+
+
+class ItemListOut(BaseModel):
+    items: list[ItemOut]
+
+
+class ItemPageOut(BaseModel):
+    items: list[ItemOut]
+    total: int
+    page: int
+    pages: int
+    limit: int
+    seq: int
+
+
+class StatsOut(BaseModel):
+    total: int
+    active: int
+    completed: int
+    avg_priority: float
+
+
+class UploadOut(BaseModel):
+    filename: str
+    url: str
+    size: int
+    content_type: str
+
+
+class ErrorOut(BaseModel):
+    detail: str
+
+
+# -- protobuf -> JSON-ready dicts ---------------------------------------------------------------
+
+
+def rfc3339(ts: Any) -> str:
+    dt = datetime.fromtimestamp(ts.seconds, UTC).replace(microsecond=ts.nanos // 1000)
+    return dt.isoformat().replace("+00:00", "Z")
+
+
+def user_json(u: pb.User) -> dict[str, Any]:
+    return {"id": u.id, "username": u.username, "created_at": rfc3339(u.created_at)}
+
+
+def item_json(it: pb.Item) -> dict[str, Any]:
+    return {
+        "id": it.id,
+        "title": it.title,
+        "description": it.description,
+        "status": it.status,
+        "priority": it.priority,
+        "owner_id": it.owner_id,
+        "created_at": rfc3339(it.created_at),
+        "updated_at": rfc3339(it.updated_at),
+        "version": it.version,
+    }
+
+
+def item_list_json(items: pb.ItemList) -> dict[str, Any]:
+    return {"items": [item_json(i) for i in items.items]}
+
+
+def page_json(p: pb.ItemPage) -> dict[str, Any]:
+    return {
+        "items": [item_json(i) for i in p.items],
+        "total": p.total,
+        "page": p.page,
+        "pages": p.pages,
+        "limit": p.limit,
+        "seq": p.seq,
+    }
+
+
+def stats_json(s: pb.Stats) -> dict[str, Any]:
+    return {
+        "total": s.total,
+        "active": s.active,
+        "completed": s.completed,
+        "avg_priority": s.avg_priority,
+    }
+
+
+def login_json(r: pb.LoginResponse) -> dict[str, Any]:
+    return {
+        "token": r.token,
+        "token_type": r.token_type,
+        "expires_at": rfc3339(r.expires_at),
+        "user": user_json(r.user),
+    }
+
+
+def upload_json(r: pb.UploadResult) -> dict[str, Any]:
+    return {"filename": r.filename, "url": r.url, "size": r.size, "content_type": r.content_type}
+
+
+def item_create_pb(c: ItemCreate) -> pb.ItemCreate:
+    return pb.ItemCreate(
+        title=c.title, description=c.description, status=c.status, priority=c.priority
+    )
+
+
+def item_update_pb(u: ItemUpdate) -> pb.ItemUpdate:
+    return pb.ItemUpdate(**{name: getattr(u, name) for name in u.model_fields_set})

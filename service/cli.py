@@ -1,0 +1,101 @@
+"""`duckcast serve` and `duckcast store`."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import signal
+import sys
+from pathlib import Path
+from typing import Any
+
+from pydantic import ValidationError
+
+from service.config import Settings
+
+
+def _settings(args: argparse.Namespace) -> Settings:
+    overrides: dict[str, Any] = {
+        name: getattr(args, name)
+        for name in ("host", "port", "data_dir", "workers")
+        if getattr(args, name, None) is not None
+    }
+    try:
+        return Settings(**overrides)
+    except ValidationError as exc:
+        sys.exit(f"duckcast: invalid settings:\n{exc}")
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    settings = _settings(args)
+    if settings.workers == 1 and settings.store_url is None:
+        import uvicorn
+
+        from service.api.app import create_app
+        from service.worker import UVICORN_OPTIONS
+
+        # uvicorn re-raises the signal that stopped it once it has shut down cleanly; with the
+        # default disposition that would turn a graceful stop into "killed by SIGTERM".
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(signum, lambda *_: None)
+        # Embedded mode: one process, the store in-process, no Redis needed.
+        uvicorn.run(
+            create_app(settings),
+            host=settings.host,
+            port=settings.port,
+            log_level="info",
+            timeout_graceful_shutdown=10,
+            **UVICORN_OPTIONS,
+        )
+        return 0
+    from service.supervisor import Supervisor
+
+    return Supervisor(settings).run()
+
+
+def cmd_store(args: argparse.Namespace) -> int:
+    settings = _settings(args)
+    listen = args.listen or f"unix:{settings.data_dir.resolve() / 'store.sock'}"
+    from service.store.process import run_store
+
+    asyncio.run(run_store(settings, listen, args.metrics_port))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="duckcast", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    serve = sub.add_parser("serve", help="run the HTTP API (embedded store unless configured)")
+    serve.add_argument("--host", help="bind address (DUCKCAST_HOST, default 127.0.0.1)")
+    serve.add_argument("--port", type=int, help="port (DUCKCAST_PORT, default 8000)")
+    serve.add_argument("--data-dir", type=Path, help="data directory (DUCKCAST_DATA_DIR, ./data)")
+    serve.add_argument(
+        "--workers",
+        type=int,
+        help="gunicorn workers; >1 starts the store process (DUCKCAST_WORKERS)",
+    )
+    serve.set_defaults(func=cmd_serve)
+
+    store = sub.add_parser("store", help="run the store process that owns the DuckDB file")
+    store.add_argument(
+        "--listen", help="unix:PATH or tcp:HOST:PORT (default unix:DATA_DIR/store.sock)"
+    )
+    store.add_argument("--data-dir", type=Path, help="data directory (DUCKCAST_DATA_DIR, ./data)")
+    store.add_argument("--metrics-port", type=int, help="serve Prometheus metrics on this port")
+    store.set_defaults(func=cmd_store)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    args = build_parser().parse_args(argv)
+    result: int = args.func(args)
+    return result
+
+
+if __name__ == "__main__":
+    sys.exit(main())

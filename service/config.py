@@ -1,0 +1,74 @@
+"""Settings, read from the environment (prefix DUCKCAST_) and overridable by CLI flags."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import AliasChoices, Field, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+PLACEHOLDER_SECRETS = frozenset({"", "changethis", "change-me", "secret", "dev-insecure-secret"})
+DEV_SECRET = "dev-insecure-secret"
+MiB = 1024 * 1024
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="DUCKCAST_", extra="ignore")
+
+    environment: Literal["development", "production"] = "development"
+    secret_key: str = DEV_SECRET
+    data_dir: Path = Path("data")
+
+    # Where workers find the store: "unix:/path/store.sock" or "tcp:host:port".
+    # Unset: the store runs inside the API process (embedded mode, one process only).
+    store_url: str | None = None
+    redis_url: str | None = Field(
+        default=None, validation_alias=AliasChoices("DUCKCAST_REDIS_URL", "REDIS_URL")
+    )
+
+    host: str = "127.0.0.1"
+    port: int = 8000
+    workers: int = Field(default=1, ge=1)
+
+    token_ttl_seconds: int = Field(default=7 * 24 * 3600, ge=60)
+    cookie_name: str = "duckcast_session"
+    cookie_secure: bool = False
+
+    # A 1,000-item bulk create with 10,000-character descriptions is ~10 MB of JSON.
+    max_body_bytes: int = Field(default=16 * MiB, ge=1024)
+    upload_max_bytes: int = Field(default=10 * MiB, ge=1)
+
+    store_timeout_seconds: float = Field(default=5.0, gt=0)
+    store_max_in_flight: int = Field(default=1024, ge=1)
+
+    # Group commit: how long the writer waits for more writes after the first of a batch.
+    # 0 batches only what queued up during the previous commit (no added latency).
+    commit_window_ms: float = Field(default=0.0, ge=0, le=100)
+    max_batch: int = Field(default=2000, ge=1)
+    read_threads: int = Field(default=4, ge=1, le=64)
+    item_cache_size: int = Field(default=100_000, ge=0)
+    event_retention: int = Field(default=100_000, ge=100)  # events kept for resume
+    # Events a subscriber may fall behind before it is dropped (it resumes with its last id).
+    subscriber_buffer: int = Field(default=1000, ge=1)
+    # Subscribers are woken at most once per this interval, with everything committed since:
+    # fewer, larger writes per connection for a few ms of latency. 0 wakes them at once.
+    stream_flush_ms: float = Field(default=10.0, ge=0, le=1000)
+
+    @model_validator(mode="after")
+    def _refuse_placeholder_secret(self) -> Settings:
+        if self.environment != "development" and self.secret_key in PLACEHOLDER_SECRETS:
+            raise ValueError(
+                "DUCKCAST_SECRET_KEY is a placeholder; set a real secret outside development"
+            )
+        if self.environment != "development" and len(self.secret_key) < 32:
+            raise ValueError("DUCKCAST_SECRET_KEY must be at least 32 characters in production")
+        return self
+
+    @property
+    def database_path(self) -> Path:
+        return self.data_dir / "duckcast.duckdb"
+
+    @property
+    def uploads_dir(self) -> Path:
+        return self.data_dir / "uploads"

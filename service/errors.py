@@ -1,0 +1,53 @@
+"""Domain errors. One place (service.api.errors) maps them to HTTP answers; the store protocol
+carries them as StoreError codes (service.store.protocol)."""
+
+from __future__ import annotations
+
+
+class DuckcastError(Exception):
+    status = 500
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+    def __str__(self) -> str:
+        return self.message
+
+
+class NotFound(DuckcastError):
+    status = 404
+
+
+class Forbidden(DuckcastError):
+    status = 403
+
+
+class Conflict(DuckcastError):
+    status = 409
+
+
+class Invalid(DuckcastError):
+    status = 422
+
+
+class Unauthorized(DuckcastError):
+    status = 401
+
+
+class PayloadTooLarge(DuckcastError):
+    status = 413
+
+
+class UnsupportedMediaType(DuckcastError):
+    status = 415
+
+
+class StoreUnavailable(DuckcastError):
+    """The store cannot be reached (or went away mid-request): retry later."""
+
+    status = 503
+
+
+class StoreTimeout(StoreUnavailable):
+    """The store did not answer within the deadline; a write may or may not have committed."""

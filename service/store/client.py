@@ -1,0 +1,123 @@
+"""The store client contract, and the in-process implementation used in embedded mode.
+
+Routes talk to a `StoreClient`; `connect_store(settings)` picks the implementation by the
+store URL (none: in-process engine; unix:/tcp: the socket client), and tests can inject one.
+"""
+
+from __future__ import annotations
+
+import abc
+import asyncio
+import time
+from collections.abc import Sequence
+
+from service.config import Settings
+from service.errors import StoreUnavailable
+from service.metrics import STORE_LATENCY, STORE_REQUESTS
+from service.pb import duckcast_pb2 as pb
+from service.pb import store_pb2 as spb
+from service.store.protocol import raise_for
+
+
+class StoreClient(abc.ABC):
+    """Typed calls over `call(StoreRequest) -> StoreResponse`; errors raise DuckcastError."""
+
+    timeout: float = 5.0
+
+    @abc.abstractmethod
+    async def call(self, req: spb.StoreRequest) -> spb.StoreResponse: ...
+
+    async def start(self) -> None:  # noqa: B027 - optional hook
+        pass
+
+    async def close(self) -> None:  # noqa: B027 - optional hook
+        pass
+
+    async def _ok(self, req: spb.StoreRequest) -> spb.StoreResponse:
+        op = req.WhichOneof("op") or "unknown"
+        req.timeout_ms = int(self.timeout * 1000)
+        started = time.perf_counter()
+        try:
+            resp = await self.call(req)
+        except StoreUnavailable:
+            STORE_REQUESTS.labels(op, "unavailable").inc()
+            raise
+        STORE_LATENCY.labels(op).observe(time.perf_counter() - started)
+        if resp.WhichOneof("result") == "error":
+            STORE_REQUESTS.labels(op, spb.StoreError.Code.Name(resp.error.code).lower()).inc()
+            raise_for(resp.error)
+        STORE_REQUESTS.labels(op, "ok").inc()
+        return resp
+
+    async def ping(self) -> int:
+        return (await self._ok(spb.StoreRequest(ping=spb.Ping()))).pong.seq
+
+    async def create_items(self, actor_id: int, items: Sequence[pb.ItemCreate]) -> pb.ItemList:
+        req = spb.StoreRequest(create_items=spb.CreateItems(actor_id=actor_id, items=items))
+        return (await self._ok(req)).items
+
+    async def update_item(self, actor_id: int, item_id: int, patch: pb.ItemUpdate) -> pb.Item:
+        op = spb.UpdateItem(actor_id=actor_id, item_id=item_id, patch=patch)
+        return (await self._ok(spb.StoreRequest(update_item=op))).item
+
+    async def delete_item(self, actor_id: int, item_id: int) -> int:
+        op = spb.DeleteItem(actor_id=actor_id, item_id=item_id)
+        return (await self._ok(spb.StoreRequest(delete_item=op))).deleted.seq
+
+    async def get_item(self, item_id: int) -> pb.Item:
+        return (await self._ok(spb.StoreRequest(get_item=spb.GetItem(item_id=item_id)))).item
+
+    async def list_items(self, query: spb.ListItems) -> pb.ItemPage:
+        return (await self._ok(spb.StoreRequest(list_items=query))).page
+
+    async def stats(self) -> pb.Stats:
+        return (await self._ok(spb.StoreRequest(get_stats=spb.GetStats()))).stats
+
+    async def create_user(self, username: str, password_hash: str) -> pb.User:
+        op = spb.CreateUser(username=username, password_hash=password_hash)
+        return (await self._ok(spb.StoreRequest(create_user=op))).user
+
+    async def get_user(self, user_id: int) -> pb.User:
+        req = spb.StoreRequest(get_user=spb.GetUser(user_id=user_id))
+        return (await self._ok(req)).user_record.user
+
+    async def get_user_by_name(self, username: str) -> spb.UserRecord:
+        req = spb.StoreRequest(get_user_by_name=spb.GetUserByName(username=username))
+        return (await self._ok(req)).user_record
+
+    async def events_since(self, after_seq: int, limit: int = 0) -> spb.EventBatch:
+        op = spb.EventsSince(after_seq=after_seq, limit=limit)
+        return (await self._ok(spb.StoreRequest(events_since=op))).events
+
+
+class InProcessStoreClient(StoreClient):
+    """Embedded mode: the engine runs in this process, on this event loop."""
+
+    def __init__(self, engine: object) -> None:
+        from service.store.engine import StoreEngine
+
+        assert isinstance(engine, StoreEngine)
+        self.engine = engine
+
+    async def start(self) -> None:
+        await asyncio.to_thread(self.engine.open)
+
+    async def close(self) -> None:
+        await asyncio.to_thread(self.engine.close)
+
+    async def call(self, req: spb.StoreRequest) -> spb.StoreResponse:
+        return await self.engine.handle(req)
+
+
+def connect_store(settings: Settings) -> StoreClient:
+    client: StoreClient
+    if settings.store_url is None:
+        from service.store.process import build_engine
+
+        client = InProcessStoreClient(build_engine(settings))
+    else:
+        from service.store.socket_client import SocketStoreClient
+
+        client = SocketStoreClient(settings.store_url, max_in_flight=settings.store_max_in_flight)
+    client.timeout = settings.store_timeout_seconds
+    return client

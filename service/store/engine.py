@@ -1,0 +1,262 @@
+"""The store engine: owns the DuckDB file, the single writer, the readers and the event log.
+
+`handle(StoreRequest) -> StoreResponse` is the one entry point; the socket server and the
+in-process client both call it, so embedded and multi-process modes run the same code.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import duckdb
+
+from service import errors
+from service.pb import duckcast_pb2 as pb
+from service.pb import store_pb2 as spb
+from service.store.batch import (
+    Counters,
+    StoreState,
+    WriteOp,
+    WritePlan,
+    apply_batch,
+    check_fields,
+)
+from service.store.cache import ItemCache, PageCache
+from service.store.protocol import error_code
+from service.store.reads import PageReader, PointReader, ReadPool, select_events, select_user
+from service.store.schema import migrate
+from service.store.writer import GroupCommitWriter
+
+logger = logging.getLogger(__name__)
+
+RECENT_EVENTS = 10_000  # served from memory to resuming subscribers and gap repair
+MAX_EVENTS_PER_CALL = 5_000
+EventListener = Callable[[list[pb.DomainEvent]], None]
+
+
+class StoreEngine:
+    def __init__(
+        self,
+        path: Path,
+        *,
+        read_threads: int = 4,
+        item_cache_size: int = 100_000,
+        commit_window: float = 0.0,
+        max_batch: int = 2000,
+        event_retention: int = 100_000,
+    ) -> None:
+        self.path = path
+        self._read_threads = read_threads
+        self._item_cache: ItemCache = ItemCache(item_cache_size)
+        self._page_cache: PageCache = PageCache(4096)
+        self._commit_window = commit_window
+        self._max_batch = max_batch
+        self._retention = event_retention
+        self._recent: deque[pb.DomainEvent] = deque(maxlen=RECENT_EVENTS)
+        self._recent_lock = threading.Lock()
+        self._listeners: list[EventListener] = []
+        self._batch_observers: list[Callable[[int, float], None]] = []
+        self.state = StoreState()
+        self._con: duckdb.DuckDBPyConnection | None = None
+
+    # -- lifecycle ------------------------------------------------------------------------
+
+    def open(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        # Checkpoint ourselves when idle; the automatic one slows as the indexes grow.
+        con = duckdb.connect(str(self.path), config={"checkpoint_threshold": "256MB"})
+        migrate(con)
+        self.state = _load_state(con)
+        self._con = con
+        self._writer: GroupCommitWriter[WriteOp] = GroupCommitWriter(
+            con.cursor(),
+            self._apply,
+            window=self._commit_window,
+            max_batch=self._max_batch,
+            on_idle=_checkpoint,
+            on_batch=self._observe_batch,
+        )
+        self._writer.start()
+        self._pool = ReadPool(con, self._read_threads)
+        self._points = PointReader(self._pool, self._item_cache)
+        self._pages = PageReader(self._pool, self._page_cache)
+
+    def close(self) -> None:
+        """Drain queued writes in order, then close the database (blocking)."""
+        if self._con is None:
+            return
+        self._writer.close()
+        self._pool.close()
+        self._con.execute("CHECKPOINT")
+        self._con.close()
+        self._con = None
+
+    def add_listener(self, listener: EventListener) -> None:
+        """Called from the writer thread with each committed batch's events, in seq order."""
+        self._listeners.append(listener)
+
+    def add_batch_observer(self, observer: Callable[[int, float], None]) -> None:
+        self._batch_observers.append(observer)
+
+    # -- the writer's side ------------------------------------------------------------------
+
+    def _apply(self, con: duckdb.DuckDBPyConnection, ops: Sequence[WriteOp]) -> WritePlan:
+        plan = apply_batch(
+            con, ops, self.state, self._item_cache, time.time_ns() // 1000, self._committed
+        )
+        st = plan.state
+        if (st.next_item_id, st.next_user_id) != (self.state.next_item_id, self.state.next_user_id):
+            con.execute(
+                "UPDATE id_counters SET next_item_id = ?, next_user_id = ?",
+                [st.next_item_id, st.next_user_id],
+            )
+        slack = max(100, self._retention // 10)
+        if st.last_seq - st.first_seq + 1 > self._retention + slack:
+            st.first_seq = st.last_seq - self._retention + 1
+            con.execute("DELETE FROM events WHERE seq < ?", [st.first_seq])
+        return plan
+
+    def _committed(self, plan: WritePlan) -> None:
+        self.state = plan.state
+        if plan.touched:
+            self._item_cache.commit(plan.touched.items())
+            self._page_cache.commit((), clear=True)
+        if plan.events:
+            with self._recent_lock:
+                self._recent.extend(plan.events)
+            for listener in self._listeners:
+                try:
+                    listener(plan.events)
+                except Exception:
+                    logger.exception("event listener failed")
+
+    def _observe_batch(self, size: int, seconds: float) -> None:
+        for observer in self._batch_observers:
+            observer(size, seconds)
+
+    # -- requests -----------------------------------------------------------------------------
+
+    async def handle(self, req: spb.StoreRequest) -> spb.StoreResponse:
+        resp = spb.StoreResponse(id=req.id)
+        deadline = time.monotonic() + req.timeout_ms / 1000 if req.timeout_ms else None
+        try:
+            await self._dispatch(req, resp, deadline)
+        except errors.DuckcastError as exc:
+            resp.ClearField("result")
+            resp.error.code = error_code(exc)
+            resp.error.message = exc.message
+        except Exception:
+            logger.exception("store request %s failed", req.WhichOneof("op"))
+            resp.error.code = spb.StoreError.INTERNAL
+            resp.error.message = "internal store error"
+        return resp
+
+    async def _dispatch(
+        self, req: spb.StoreRequest, resp: spb.StoreResponse, deadline: float | None
+    ) -> None:
+        kind = req.WhichOneof("op")
+        if kind == "get_item":
+            item = await self._points.get(req.get_item.item_id)
+            if item is None:
+                raise errors.NotFound(f"item {req.get_item.item_id} not found")
+            resp.item.CopyFrom(item)
+        elif kind == "list_items":
+            resp.page.CopyFrom(await self._list(req.list_items))
+        elif kind == "get_stats":
+            resp.stats.CopyFrom(self.state.counters.stats())
+        elif kind in ("create_items", "update_item", "delete_item", "create_user"):
+            result = await self._writer.submit(getattr(req, kind), deadline)
+            field = {
+                "create_items": "items",
+                "update_item": "item",
+                "delete_item": "deleted",
+                "create_user": "user",
+            }[kind]
+            getattr(resp, field).CopyFrom(result)
+        elif kind in ("get_user", "get_user_by_name"):
+            if kind == "get_user":
+                uid = req.get_user.user_id
+                found = await self._pool.run(lambda cur: select_user(cur, user_id=uid))
+            else:
+                name = req.get_user_by_name.username
+                found = await self._pool.run(lambda cur: select_user(cur, username=name))
+            if found is None:
+                raise errors.NotFound("user not found")
+            resp.user_record.user.CopyFrom(found[0])
+            resp.user_record.password_hash = found[1]
+        elif kind == "events_since":
+            resp.events.CopyFrom(
+                await self.events_since(
+                    req.events_since.after_seq, req.events_since.limit or MAX_EVENTS_PER_CALL
+                )
+            )
+        elif kind == "ping":
+            if not self._writer.alive:
+                raise errors.StoreUnavailable("the store's writer thread has stopped")
+            resp.pong.seq = self.state.last_seq
+        else:
+            raise errors.Invalid(f"unknown store operation {kind!r}")
+
+    async def _list(self, q: spb.ListItems) -> pb.ItemPage:
+        if q.HasField("status"):
+            check_fields(None, None, q.status, None)
+        key = (
+            max(q.page, 1),
+            min(max(q.limit, 1), 100),
+            q.owner_id if q.HasField("owner_id") else None,
+            q.status if q.HasField("status") else None,
+            q.q if q.HasField("q") and q.q else None,
+        )
+        return await self._pages.get(key)
+
+    async def events_since(self, after: int, limit: int) -> spb.EventBatch:
+        """Committed events with seq > after, oldest first; `reset` if some were trimmed."""
+        limit = min(max(limit, 1), MAX_EVENTS_PER_CALL)
+        st = self.state
+        batch = spb.EventBatch(last_seq=st.last_seq)
+        if after > st.last_seq or after < st.first_seq - 1:
+            batch.reset = True
+            return batch
+        with self._recent_lock:
+            oldest = self._recent[0].seq if self._recent else st.last_seq + 1
+            if after >= oldest - 1:
+                start = after - oldest + 1
+                batch.events.extend(
+                    self._recent[i] for i in range(start, min(len(self._recent), start + limit))
+                )
+                return batch
+        payloads = await self._pool.run(lambda cur: select_events(cur, after, limit))
+        for payload in payloads:
+            batch.events.add().ParseFromString(payload)
+        return batch
+
+
+def _load_state(con: duckdb.DuckDBPyConnection) -> StoreState:
+    ids = con.execute("SELECT next_item_id, next_user_id FROM id_counters").fetchone()
+    seqs = con.execute("SELECT min(seq), max(seq) FROM events").fetchone()
+    agg = con.execute(
+        "SELECT count(*), count(*) FILTER (status = 'active'), coalesce(sum(priority), 0) "
+        "FROM items"
+    ).fetchone()
+    assert ids is not None and seqs is not None and agg is not None
+    last = int(seqs[1] or 0)
+    return StoreState(
+        next_item_id=int(ids[0]),
+        next_user_id=int(ids[1]),
+        last_seq=last,
+        first_seq=int(seqs[0]) if seqs[0] is not None else last + 1,
+        counters=Counters(int(agg[0]), int(agg[1]), int(agg[2])),
+    )
+
+
+def _checkpoint(con: duckdb.DuckDBPyConnection) -> None:
+    try:
+        con.execute("CHECKPOINT")
+    except duckdb.TransactionException as exc:
+        # A reader's transaction is open; the next quiet moment will do.
+        logger.debug("checkpoint skipped: %s", exc)

@@ -1,0 +1,48 @@
+"""Framing and error codes of the worker <-> store protocol.
+
+A frame is a 4-byte big-endian length followed by one serialized StoreRequest/StoreResponse.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+from service import errors
+from service.pb import store_pb2 as spb
+
+MAX_FRAME = 64 * 1024 * 1024
+_HEADER = 4
+
+Code = spb.StoreError.Code
+_BY_CODE: dict[int, type[errors.DuckcastError]] = {
+    spb.StoreError.NOT_FOUND: errors.NotFound,
+    spb.StoreError.FORBIDDEN: errors.Forbidden,
+    spb.StoreError.CONFLICT: errors.Conflict,
+    spb.StoreError.INVALID: errors.Invalid,
+    spb.StoreError.UNAVAILABLE: errors.StoreUnavailable,
+    spb.StoreError.TIMEOUT: errors.StoreTimeout,
+}
+_BY_CLASS = {cls: code for code, cls in _BY_CODE.items()}
+
+
+class ProtocolError(Exception):
+    pass
+
+
+def encode_frame(payload: bytes) -> bytes:
+    return len(payload).to_bytes(_HEADER, "big") + payload
+
+
+async def read_frame(reader: asyncio.StreamReader) -> bytes:
+    size = int.from_bytes(await reader.readexactly(_HEADER), "big")
+    if size > MAX_FRAME:
+        raise ProtocolError(f"frame of {size} bytes exceeds the {MAX_FRAME} limit")
+    return await reader.readexactly(size)
+
+
+def error_code(exc: errors.DuckcastError) -> spb.StoreError.Code.ValueType:
+    return _BY_CLASS.get(type(exc), spb.StoreError.INTERNAL)  # type: ignore[return-value]
+
+
+def raise_for(err: spb.StoreError) -> None:
+    raise _BY_CODE.get(err.code, errors.DuckcastError)(err.message or "store error")

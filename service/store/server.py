@@ -1,0 +1,105 @@
+"""Serving the engine over framed protobuf on a Unix socket or TCP.
+
+Each connection is multiplexed: requests are handled concurrently and answered as they finish,
+tagged with their request id. Back-pressure: at most `max_in_flight` requests per connection
+are being handled, and the read loop waits for the socket's send buffer to drain before it
+reads more, so a slow or flooding client cannot grow the store's memory.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+from pathlib import Path
+
+from google.protobuf.message import DecodeError
+
+from service.pb import store_pb2 as spb
+from service.store.engine import StoreEngine
+from service.store.protocol import ProtocolError, encode_frame, read_frame
+
+logger = logging.getLogger(__name__)
+
+
+def parse_address(url: str) -> tuple[str, str | tuple[str, int]]:
+    """`unix:/path/to.sock` or `tcp:host:port`."""
+    scheme, _, rest = url.partition(":")
+    if scheme == "unix" and rest:
+        return "unix", rest
+    if scheme == "tcp":
+        host, _, port = rest.rpartition(":")
+        if host and port.isdigit():
+            return "tcp", (host.strip("[]"), int(port))
+    raise ValueError(f"store address must be unix:PATH or tcp:HOST:PORT, not {url!r}")
+
+
+class StoreServer:
+    def __init__(self, engine: StoreEngine, listen: str, *, max_in_flight: int = 4096) -> None:
+        self._engine = engine
+        self._listen = listen
+        self._max_in_flight = max_in_flight
+        self._server: asyncio.Server | None = None
+        self._connections: set[asyncio.Task[None]] = set()
+
+    async def start(self) -> None:
+        kind, addr = parse_address(self._listen)
+        if kind == "unix":
+            assert isinstance(addr, str)
+            Path(addr).parent.mkdir(parents=True, exist_ok=True)
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(addr)  # a stale socket from a crashed store
+            self._server = await asyncio.start_unix_server(self._serve, path=addr)
+        else:
+            assert isinstance(addr, tuple)
+            self._server = await asyncio.start_server(self._serve, addr[0], addr[1])
+        logger.info("store listening on %s", self._listen)
+
+    async def close(self) -> None:
+        if self._server is not None:
+            self._server.close()
+        for task in list(self._connections):
+            task.cancel()
+        await asyncio.gather(*self._connections, return_exceptions=True)
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        self._connections.add(task)
+        slots = asyncio.Semaphore(self._max_in_flight)
+        handlers: set[asyncio.Task[None]] = set()
+        try:
+            while True:
+                frame = await read_frame(reader)
+                try:
+                    req = spb.StoreRequest.FromString(frame)
+                except DecodeError as exc:
+                    raise ProtocolError("undecodable StoreRequest") from exc
+                await slots.acquire()
+                handler = asyncio.create_task(self._answer(req, writer, slots))
+                handlers.add(handler)
+                handler.add_done_callback(handlers.discard)
+                await writer.drain()
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass  # the worker went away
+        except asyncio.CancelledError:
+            pass  # close(): the store is stopping; this task ends here, nothing awaits it
+        except ProtocolError as exc:
+            logger.warning("closing store connection: %s", exc)
+        finally:
+            # Writes already handed to the writer still commit; only their answers are lost.
+            for handler in handlers:
+                handler.cancel()
+            writer.close()
+            self._connections.discard(task)
+
+    async def _answer(
+        self, req: spb.StoreRequest, writer: asyncio.StreamWriter, slots: asyncio.Semaphore
+    ) -> None:
+        try:
+            resp = await self._engine.handle(req)
+            if not writer.is_closing():
+                writer.write(encode_frame(resp.SerializeToString()))
+        finally:
+            slots.release()

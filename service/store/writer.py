@@ -1,0 +1,214 @@
+"""The single-writer funnel with group commit.
+
+One thread owns the write connection. Callers `await submit(op)`; the thread takes the first
+queued op, gathers whatever else is queued (waiting up to `window` for more), applies the batch
+set-wise in ONE transaction and delivers every result only after COMMIT. If the batch raises,
+it is rolled back and each op is retried alone, so a bad write fails alone while the others
+commit. Results reach the caller's loop with call_soon_threadsafe; a cancelled caller or a
+closed loop is skipped without hurting the thread (the pattern of datasette's
+`execute_write_fn` / `_deliver_write_result`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import queue
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, Generic, Protocol, TypeVar
+
+import duckdb
+
+from service.errors import StoreTimeout, StoreUnavailable
+
+logger = logging.getLogger(__name__)
+
+Op = TypeVar("Op")
+
+
+class BatchPlan(Protocol):
+    """What `apply` did inside the transaction; `committed()` runs after COMMIT succeeds."""
+
+    results: list[object]  # one per op: a value, or a DuckcastError for that op alone
+
+    def committed(self) -> None: ...
+
+
+ApplyFn = Callable[[duckdb.DuckDBPyConnection, Sequence[Any]], BatchPlan]
+
+
+@dataclass(slots=True)
+class _Task(Generic[Op]):
+    op: Op
+    future: asyncio.Future[Any]
+    loop: asyncio.AbstractEventLoop
+    deadline: float | None  # time.monotonic()
+
+
+_STOP = object()
+
+
+def _resolve(future: asyncio.Future[Any], value: object) -> None:
+    if future.done():  # the caller gave up (cancelled or timed out)
+        return
+    if isinstance(value, BaseException):
+        future.set_exception(value)
+    else:
+        future.set_result(value)
+
+
+class GroupCommitWriter(Generic[Op]):
+    def __init__(
+        self,
+        con: duckdb.DuckDBPyConnection,
+        apply: ApplyFn,
+        *,
+        window: float = 0.0,
+        max_batch: int = 2000,
+        idle_after: float = 5.0,
+        on_idle: Callable[[duckdb.DuckDBPyConnection], None] | None = None,
+        on_batch: Callable[[int, float], None] | None = None,
+    ) -> None:
+        self._con = con
+        self._apply = apply
+        self._window = window
+        self._max_batch = max_batch
+        self._idle_after = idle_after
+        self._on_idle = on_idle
+        self._on_batch = on_batch
+        self._queue: queue.SimpleQueue[_Task[Op] | object] = queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._run, name="duckcast-writer", daemon=True)
+        self._closed = False
+
+    def start(self) -> None:
+        self._thread.start()
+
+    @property
+    def alive(self) -> bool:
+        return self._thread.is_alive()
+
+    async def submit(self, op: Op, deadline: float | None = None) -> Any:
+        if self._closed:
+            raise StoreUnavailable("store is shutting down")
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[Any] = loop.create_future()
+        self._queue.put(_Task(op, future, loop, deadline))
+        return await future
+
+    def close(self, timeout: float = 30.0) -> None:
+        """Stop taking writes, let everything already queued commit in order, then stop."""
+        if self._closed:
+            return
+        self._closed = True
+        self._queue.put(_STOP)
+        if self._thread.is_alive():
+            self._thread.join(timeout)
+
+    # -- the writer thread -------------------------------------------------------------
+
+    def _run(self) -> None:
+        dirty = False
+        while True:
+            try:
+                first = self._queue.get(timeout=self._idle_after if dirty else None)
+            except queue.Empty:
+                dirty = False
+                self._idle()
+                continue
+            if first is _STOP:
+                return
+            batch, stop = self._gather(first)
+            if batch:
+                try:
+                    self._commit_batch(batch)
+                except Exception:  # a bug here must not leave every later write hanging
+                    logger.exception("writer failed on a batch")
+                    for task in batch:
+                        self._deliver(task, StoreUnavailable("the write failed in the store"))
+                dirty = True
+            if stop:
+                return
+
+    def _gather(self, first: object) -> tuple[list[_Task[Op]], bool]:
+        batch: list[_Task[Op]] = [first]  # type: ignore[list-item]
+        deadline = time.monotonic() + self._window
+        while len(batch) < self._max_batch:
+            try:
+                wait = deadline - time.monotonic()
+                task = self._queue.get(timeout=wait) if wait > 0 else self._queue.get_nowait()
+            except queue.Empty:
+                break
+            if task is _STOP:
+                return batch, True
+            batch.append(task)  # type: ignore[arg-type]
+        return batch, False
+
+    def _commit_batch(self, batch: list[_Task[Op]]) -> None:
+        now = time.monotonic()
+        live: list[_Task[Op]] = []
+        for task in batch:
+            if task.deadline is not None and task.deadline < now:
+                # Nobody waits for it any more: skipping it makes the timeout a clean "not done".
+                self._deliver(task, StoreTimeout("write expired in the store queue"))
+            else:
+                live.append(task)
+        if not live:
+            return
+        started = time.perf_counter()
+        try:
+            plan = self._transaction([t.op for t in live])
+        except Exception:
+            if len(live) == 1:
+                logger.exception("write failed")
+                self._deliver(live[0], StoreUnavailable("the write failed in the store"))
+                return
+            logger.warning("batch of %d failed; retrying each write alone", len(live))
+            for task in live:
+                self._commit_batch([task])
+            return
+        # The batch is durable from here on: nothing below may send it back to be retried,
+        # and a failing observer must not stop the callers from hearing about their writes.
+        self._after_commit(plan, len(live), time.perf_counter() - started)
+        for task, result in zip(live, plan.results, strict=True):
+            self._deliver(task, result)
+
+    def _after_commit(self, plan: BatchPlan, size: int, seconds: float) -> None:
+        try:
+            plan.committed()
+        except Exception:
+            logger.exception("post-commit step failed (the batch is committed)")
+        if self._on_batch is not None:
+            try:
+                self._on_batch(size, seconds)
+            except Exception:
+                logger.exception("batch observer failed")
+
+    def _transaction(self, ops: list[Op]) -> BatchPlan:
+        con = self._con
+        con.execute("BEGIN TRANSACTION")
+        try:
+            plan = self._apply(con, ops)
+            con.execute("COMMIT")
+        except BaseException:
+            # a failed COMMIT has already ended the transaction
+            with contextlib.suppress(duckdb.Error):
+                con.execute("ROLLBACK")
+            raise
+        return plan
+
+    def _deliver(self, task: _Task[Op], value: object) -> None:
+        # A closed loop raises RuntimeError: nobody is left to tell.
+        with contextlib.suppress(RuntimeError):
+            task.loop.call_soon_threadsafe(_resolve, task.future, value)
+
+    def _idle(self) -> None:
+        if self._on_idle is None:
+            return
+        try:
+            self._on_idle(self._con)
+        except Exception:
+            logger.exception("idle maintenance failed")
