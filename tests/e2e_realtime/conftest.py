@@ -1,0 +1,251 @@
+"""Realtime e2e fixtures: `duckcast serve --workers 3` against a private redis-server, plus
+/proc helpers to find gunicorn's workers, their memory, and which worker holds which client.
+
+The service runs in its own process group (teardown reaches the supervisor, the store, the
+gunicorn master and its workers); its output goes to files under the test's tmp_path.
+Readiness is polled on GET /readyz, never slept for. The data dir is under /tmp, not pytest's
+deep tmp_path, because the store's AF_UNIX socket lives there (paths must stay < 108 bytes).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import secrets
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.conftest import RedisServer, free_port, wait_until
+
+ROOT = Path(__file__).resolve().parents[2]
+WORKERS = 3
+
+
+# -- /proc (psutil is not installed) ---------------------------------------------------------
+
+
+def _stat(pid: int) -> list[str] | None:
+    """Fields of /proc/<pid>/stat after the command name (state, ppid, pgrp, ...)."""
+    try:
+        raw = Path(f"/proc/{pid}/stat").read_text()
+    except (FileNotFoundError, ProcessLookupError):
+        return None
+    return raw[raw.rindex(")") + 2 :].split()
+
+
+def _pids() -> list[int]:
+    return [int(name) for name in os.listdir("/proc") if name.isdigit()]
+
+
+def cmdline(pid: int) -> list[str]:
+    try:
+        raw = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except (FileNotFoundError, ProcessLookupError):
+        return []
+    return [part.decode(errors="replace") for part in raw.split(b"\0") if part]
+
+
+def children(pid: int) -> list[int]:
+    """Live (not zombie) direct children of `pid`."""
+    found = []
+    for child in _pids():
+        fields = _stat(child)
+        if fields is not None and fields[0] != "Z" and int(fields[1]) == pid:
+            found.append(child)
+    return sorted(found)
+
+
+def group_members(pgid: int) -> list[int]:
+    found = []
+    for pid in _pids():
+        fields = _stat(pid)
+        if fields is not None and fields[0] != "Z" and int(fields[2]) == pgid:
+            found.append(pid)
+    return found
+
+
+def rss_kib(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    raise AssertionError(f"no VmRSS for {pid}")
+
+
+def _socket_inodes(pid: int) -> set[str]:
+    inodes = set()
+    fd_dir = Path(f"/proc/{pid}/fd")
+    with contextlib.suppress(FileNotFoundError, ProcessLookupError):
+        for fd in fd_dir.iterdir():
+            with contextlib.suppress(OSError):
+                target = os.readlink(fd)
+                if target.startswith("socket:["):
+                    inodes.add(target[8:-1])
+    return inodes
+
+
+def established_peers(server_port: int) -> dict[str, int]:
+    """inode -> remote (client) port of every ESTABLISHED TCP socket whose local port is ours."""
+    peers = {}
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with contextlib.suppress(FileNotFoundError):
+            for line in Path(table).read_text().splitlines()[1:]:
+                f = line.split()
+                local, remote, state, inode = f[1], f[2], f[3], f[9]
+                if state == "01" and int(local.rsplit(":", 1)[1], 16) == server_port:
+                    peers[inode] = int(remote.rsplit(":", 1)[1], 16)
+    return peers
+
+
+# -- the service ------------------------------------------------------------------------------
+
+
+class Service:
+    """`python -m service.cli serve --workers 3` in its own process group."""
+
+    def __init__(self, logdir: Path, redis: RedisServer, env: dict[str, str]) -> None:
+        self.port = free_port()
+        self.data_dir = Path(tempfile.mkdtemp(prefix="dcrt-", dir="/tmp"))
+        self.redis = redis
+        self.log_path = logdir / "serve.log"
+        base = {
+            k: v
+            for k, v in os.environ.items()
+            if not k.startswith("DUCKCAST_") and k not in ("REDIS_URL", "PROMETHEUS_MULTIPROC_DIR")
+        }
+        base |= {
+            "REDIS_URL": redis.url,
+            "DUCKCAST_SECRET_KEY": secrets.token_hex(32),
+            "PYTHONUNBUFFERED": "1",
+        }
+        self.env = base | env
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def ws_url(self) -> str:
+        return f"ws://127.0.0.1:{self.port}"
+
+    def start(self) -> None:
+        cmd = [
+            sys.executable,
+            "-m",
+            "service.cli",
+            "serve",
+            "--workers",
+            str(WORKERS),
+            "--port",
+            str(self.port),
+            "--data-dir",
+            str(self.data_dir),
+        ]
+        with open(self.log_path, "ab") as log:
+            self.proc = subprocess.Popen(
+                cmd,
+                env=self.env,
+                cwd=ROOT,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        self.wait_ready()
+        wait_until(lambda: len(self.workers()) == WORKERS, timeout=30)
+
+    def log_tail(self, lines: int = 80) -> str:
+        return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+
+    def wait_ready(self, timeout: float = 60.0) -> None:
+        """Poll GET /readyz until 200; fail with the log if the supervisor exits first."""
+        assert self.proc is not None
+        deadline = time.monotonic() + timeout
+        last = "no answer"
+        with httpx.Client(base_url=self.url, timeout=2.0) as client:
+            while time.monotonic() < deadline:
+                if self.proc.poll() is not None:
+                    pytest.fail(f"serve exited with {self.proc.returncode}:\n{self.log_tail()}")
+                try:
+                    r = client.get("/readyz")
+                    if r.status_code == 200:
+                        return
+                    last = f"{r.status_code} {r.text}"
+                except httpx.TransportError as exc:
+                    last = repr(exc)
+                time.sleep(0.05)
+        pytest.fail(f"serve not ready within {timeout}s (last: {last}):\n{self.log_tail()}")
+
+    def master(self) -> int:
+        assert self.proc is not None
+        masters = [p for p in children(self.proc.pid) if "gunicorn" in cmdline(p)]
+        assert len(masters) == 1, (masters, self.log_tail())
+        return masters[0]
+
+    def workers(self) -> list[int]:
+        """gunicorn's live workers (children of the master)."""
+        return children(self.master())
+
+    def rss_kib(self) -> dict[int, int]:
+        return {pid: rss_kib(pid) for pid in self.workers()}
+
+    def worker_of_ports(self) -> dict[int, int]:
+        """client port -> pid of the worker holding that connection."""
+        peers = established_peers(self.port)
+        owner = {}
+        for pid in self.workers():
+            for inode in _socket_inodes(pid) & peers.keys():
+                owner[peers[inode]] = pid
+        return owner
+
+    def stop(self) -> None:
+        """SIGTERM the whole group, SIGKILL what is left after a grace period."""
+        if self.proc is not None:
+            pgid = self.proc.pid
+            if group_members(pgid):
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(pgid, signal.SIGTERM)
+                try:
+                    wait_until(lambda: not group_members(pgid), timeout=15, interval=0.05)
+                except TimeoutError:
+                    with contextlib.suppress(ProcessLookupError):
+                        os.killpg(pgid, signal.SIGKILL)
+                    wait_until(lambda: not group_members(pgid), timeout=10, interval=0.05)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self.proc.wait(10)
+
+        def removed() -> bool:
+            shutil.rmtree(self.data_dir, ignore_errors=True)
+            return not self.data_dir.exists()
+
+        wait_until(removed, timeout=10, interval=0.1)
+
+
+@pytest.fixture
+def start_service(tmp_path: Path, redis_server: RedisServer) -> Iterator[Callable[..., Service]]:
+    """Start `serve --workers 3` (extra env as keyword arguments); stopped after the test."""
+    started: list[Service] = []
+
+    def start(**env: str) -> Service:
+        service = Service(tmp_path, redis_server, env)
+        started.append(service)
+        service.start()
+        return service
+
+    yield start
+    for service in started:
+        service.stop()
+
+
+@pytest.fixture
+def service(start_service: Callable[..., Service]) -> Service:
+    return start_service()

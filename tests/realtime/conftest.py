@@ -1,0 +1,327 @@
+"""Realtime fixtures: real engines on a DuckDB file in tmp_path, the real app served by a real
+uvicorn Server (an asyncio task in the test's loop; httpx's ASGITransport buffers whole
+responses, so it cannot show a stream), and small SSE / WebSocket client helpers.
+
+Users are created straight through the app's store and given a token from the app's own signer
+(exactly what a login hands out): streams only verify the token, and this skips argon2.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+from collections.abc import AsyncIterator, Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlencode
+
+import httpx
+import pytest
+import uvicorn
+from fastapi import FastAPI
+from websockets.asyncio.client import ClientConnection, connect
+
+from service.api.app import create_app
+from service.config import Settings
+from service.pb import duckcast_pb2 as pb
+from service.realtime.backplane.memory import MemoryBackplane
+from service.store.client import InProcessStoreClient
+from service.store.engine import StoreEngine
+from tests.conftest import free_port
+
+TIMEOUT = 10.0  # upper bound for anything a test waits for; never a fixed sleep
+
+
+async def until(
+    predicate: Callable[[], bool], within: float = TIMEOUT, what: str = "condition"
+) -> None:
+    """Poll `predicate` on the running loop (other tasks keep running) until it holds."""
+    try:
+        async with asyncio.timeout(within):
+            # polling: the conditions are other components' state, with no event to wait on
+            while not predicate():  # noqa: ASYNC110
+                await asyncio.sleep(0.01)
+    except TimeoutError:
+        raise AssertionError(f"{what}: not met within {within}s") from None
+
+
+# -- a store engine on a real DuckDB file ------------------------------------------------------
+
+
+@pytest.fixture
+def engine(tmp_path: Path) -> Iterator[StoreEngine]:
+    eng = StoreEngine(tmp_path / "store.duckdb", read_threads=2)
+    eng.open()
+    yield eng
+    eng.close()
+
+
+@pytest.fixture
+def store(engine: StoreEngine) -> InProcessStoreClient:
+    """Typed calls into the engine (its lifecycle belongs to the `engine` fixture)."""
+    return InProcessStoreClient(engine)
+
+
+# -- the real app on a real server ------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Account:
+    id: int
+    username: str
+    token: str
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.token}"}
+
+
+@dataclass
+class Live:
+    app: FastAPI
+    settings: Settings
+    port: int
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def ws_url(self) -> str:
+        return f"ws://127.0.0.1:{self.port}"
+
+    async def user(self, username: str) -> Account:
+        created = await self.app.state.store.create_user(username, "not-a-password-hash")
+        return Account(created.id, username, self.app.state.signer.issue(created.id).value)
+
+    def http(self) -> httpx.AsyncClient:
+        return httpx.AsyncClient(base_url=self.url, timeout=TIMEOUT)
+
+    @property
+    def hub_seq(self) -> int:
+        seq: int = self.app.state.hub.seq
+        return seq
+
+
+@contextlib.asynccontextmanager
+async def serve(settings: Settings) -> AsyncIterator[Live]:
+    """The app (embedded store, memory backplane) served by uvicorn on a free port."""
+    app = create_app(settings, backplane=MemoryBackplane())
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    task = asyncio.create_task(server.serve())
+    try:
+        async with asyncio.timeout(TIMEOUT):
+            while not server.started:
+                if task.done():
+                    task.result()
+                    raise RuntimeError("uvicorn stopped before it started")
+                await asyncio.sleep(0.01)
+        yield Live(app, settings, port)
+    finally:
+        # End any stream a failing test left open (uvicorn waits for open responses), then
+        # let uvicorn run the lifespan shutdown.
+        app.state.hub.close()
+        server.should_exit = True
+        async with asyncio.timeout(TIMEOUT):
+            await task
+
+
+@pytest.fixture
+def live_settings(tmp_path: Path) -> Settings:
+    return Settings(data_dir=tmp_path / "data", environment="development")
+
+
+@pytest.fixture
+async def live(live_settings: Settings) -> AsyncIterator[Live]:
+    async with serve(live_settings) as served:
+        yield served
+
+
+async def create_item(http: httpx.AsyncClient, who: Account, **fields: Any) -> dict[str, Any]:
+    fields.setdefault("title", "an item")
+    r = await http.post("/api/items", json=fields, headers=who.headers)
+    assert r.status_code == 201, r.text
+    item: dict[str, Any] = r.json()
+    return item
+
+
+async def update_item(
+    http: httpx.AsyncClient, who: Account, item_id: int, **fields: Any
+) -> dict[str, Any]:
+    r = await http.patch(f"/api/items/{item_id}", json=fields, headers=who.headers)
+    assert r.status_code == 200, r.text
+    item: dict[str, Any] = r.json()
+    return item
+
+
+async def delete_item(http: httpx.AsyncClient, who: Account, item_id: int) -> None:
+    r = await http.delete(f"/api/items/{item_id}", headers=who.headers)
+    assert r.status_code == 204, r.text
+
+
+# -- SSE ----------------------------------------------------------------------------------------
+
+
+@dataclass
+class SSEEvent:
+    event: str = "message"
+    data: str = ""
+    id: str | None = None
+    retry: int | None = None
+
+    def json(self) -> Any:
+        return json.loads(self.data)
+
+    @property
+    def seq(self) -> int:
+        assert self.id is not None, self
+        return int(self.id)
+
+
+@dataclass
+class SSEReader:
+    """Parses a text/event-stream response into events, per the WHATWG field rules."""
+
+    response: httpx.Response
+    comments: list[str] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self._lines = self.response.aiter_lines()
+
+    async def next(self) -> SSEEvent | None:
+        """The next event, or None when the server ended the response."""
+        ev, seen, data = SSEEvent(), False, list[str]()
+        while True:
+            try:
+                line = await self._lines.__anext__()
+            except StopAsyncIteration:
+                return None
+            if line == "":
+                if seen:
+                    ev.data = "\n".join(data)
+                    return ev
+                continue
+            if line.startswith(":"):
+                self.comments.append(line)
+                continue
+            name, _, value = line.partition(":")
+            value = value.removeprefix(" ")
+            seen = True
+            if name == "data":
+                data.append(value)
+            elif name == "event":
+                ev.event = value
+            elif name == "id":
+                ev.id = value
+            elif name == "retry":
+                ev.retry = int(value)
+
+    async def expect(self, name: str) -> SSEEvent:
+        ev = await self.next()
+        assert ev is not None, f"stream ended while waiting for {name!r}"
+        assert ev.event == name, ev
+        return ev
+
+    async def changes_until(self, last_seq: int) -> list[SSEEvent]:
+        """Every event up to and including the one with id `last_seq`."""
+        got: list[SSEEvent] = []
+        async with asyncio.timeout(TIMEOUT):
+            while not got or got[-1].id is None or got[-1].seq < last_seq:
+                ev = await self.next()
+                assert ev is not None, f"stream ended after {[e.id for e in got]}"
+                got.append(ev)
+        return got
+
+
+@contextlib.asynccontextmanager
+async def open_sse(
+    live: Live,
+    *,
+    params: dict[str, Any] | None = None,
+    headers: dict[str, str] | None = None,
+    cookies: dict[str, str] | None = None,
+) -> AsyncIterator[SSEReader]:
+    async with (
+        httpx.AsyncClient(base_url=live.url, timeout=TIMEOUT, cookies=cookies) as http,
+        http.stream("GET", "/api/events", params=params, headers=headers) as response,
+    ):
+        assert response.status_code == 200, (await response.aread())[:300]
+        assert response.headers["content-type"].startswith("text/event-stream")
+        yield SSEReader(response)
+
+
+# -- writes in the background -------------------------------------------------------------
+
+
+async def settled(live: Live) -> int:
+    """The store's seq, once the hub has delivered everything up to it."""
+    seq: int = await live.app.state.store.ping()
+    await until(lambda: live.hub_seq >= seq, what=f"hub reaches seq {seq}")
+    return seq
+
+
+@contextlib.asynccontextmanager
+async def writing(live: Live, who: Account) -> AsyncIterator[list[int]]:
+    """Sequential creates in the background for the duration of the block; yields the list of
+    committed seqs so far (the last one is the newest)."""
+    committed: list[int] = []
+    stop = asyncio.Event()
+
+    async def loop() -> None:
+        async with live.http() as http:
+            n = 0
+            while not stop.is_set():
+                await create_item(http, who, title=f"bg {n}")
+                committed.append(await live.app.state.store.ping())
+                n += 1
+
+    task = asyncio.create_task(loop())
+    try:
+        await until(lambda: len(committed) >= 3 or task.done(), what="writer started")
+        yield committed
+    finally:
+        stop.set()
+        await task
+
+
+# -- WebSocket -----------------------------------------------------------------------------
+
+
+@contextlib.asynccontextmanager
+async def ws_connect(
+    live: Live, who: Account | None, **options: Any
+) -> AsyncIterator[ClientConnection]:
+    """/ws/items with `?token=` (browsers cannot set headers on a WebSocket) and the other
+    query parameters from `params`; no compression, so frame sizes are what was sent."""
+    params = dict(options.pop("params", {}))
+    if who is not None:
+        params["token"] = who.token
+    url = f"{live.ws_url}/ws/items?{urlencode(params)}"
+    async with connect(url, proxy=None, compression=None, open_timeout=TIMEOUT, **options) as ws:
+        yield ws
+
+
+async def recv(ws: ClientConnection) -> str | bytes:
+    async with asyncio.timeout(TIMEOUT):
+        return await ws.recv()
+
+
+async def recv_event(ws: ClientConnection) -> pb.DomainEvent:
+    frame = await recv(ws)
+    assert isinstance(frame, bytes), f"expected a binary frame, got {frame!r}"
+    return pb.DomainEvent.FromString(frame)
+
+
+async def recv_json(ws: ClientConnection) -> dict[str, Any]:
+    frame = await recv(ws)
+    assert isinstance(frame, str), f"expected a text frame, got {frame!r}"
+    decoded: dict[str, Any] = json.loads(frame)
+    return decoded
+
+
+async def subscribed(live: Live, count: int) -> None:
+    """The server has registered `count` subscriptions (the handshake alone does not say so)."""
+    await until(lambda: len(live.app.state.hub) == count, what=f"{count} subscribers")

@@ -1,0 +1,184 @@
+"""The relay's gap repair: whatever the backplane loses, the hub still gets every committed
+event once, in seq order, because the store's event log (not the backplane) is the truth.
+
+The store is a real StoreEngine on DuckDB; nothing publishes automatically (no OutboxPublisher),
+so each test decides exactly which batches the backplane carries.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+
+from service.pb import duckcast_pb2 as pb
+from service.pb import store_pb2 as spb
+from service.realtime.backplane import Backplane
+from service.realtime.backplane.memory import MemoryBackplane
+from service.realtime.backplane.redis import RedisBackplane
+from service.realtime.hub import Filters, Hub, Subscription
+from service.realtime.relay import EventRelay
+from service.store.client import InProcessStoreClient
+from tests.conftest import RedisServer
+from tests.realtime.conftest import TIMEOUT, until
+
+NEVER = 3600.0  # a poll interval that never fires during a test: isolates the other paths
+
+
+@contextlib.asynccontextmanager
+async def relaying(
+    backplane: Backplane, store: InProcessStoreClient, poll_interval: float = NEVER
+) -> AsyncIterator[tuple[EventRelay, Hub, Subscription]]:
+    hub = Hub(maxsize=100_000)
+    sub = hub.subscribe(Filters(), "test")
+    relay = EventRelay(backplane, store, hub, poll_interval=poll_interval)
+    await relay.start()
+    try:
+        async with asyncio.timeout(TIMEOUT):
+            await relay.started.wait()
+        yield relay, hub, sub
+    finally:
+        await relay.close()
+
+
+async def write(store: InProcessStoreClient, n: int) -> int:
+    """`n` committed changes (creates and updates); returns the last seq."""
+    for i in range(n):
+        if i % 3 == 2:
+            await store.update_item(1, 1, pb.ItemUpdate(priority=i % 100))
+        else:
+            await store.create_items(1, [pb.ItemCreate(title=f"w{i}")])
+    return await store.ping()
+
+
+async def batch(store: InProcessStoreClient, after: int, upto: int) -> bytes:
+    """The backplane message the outbox would send for the events (after, upto]."""
+    got = await store.events_since(after, upto - after)
+    events = [e for e in got.events if e.seq <= upto]
+    assert [e.seq for e in events] == list(range(after + 1, upto + 1))
+    return spb.EventBatch(events=events, last_seq=upto).SerializeToString()
+
+
+async def received_until(sub: Subscription, last: int, got: list[int]) -> list[int]:
+    async with asyncio.timeout(TIMEOUT):
+        while not got or got[-1] < last:
+            got.extend(ev.seq for ev in await sub.next_batch(TIMEOUT))
+    return got
+
+
+async def test_gap_in_a_later_batch_is_repaired_from_the_store(
+    store: InProcessStoreClient,
+) -> None:
+    """Events committed but never published (1..5) are fetched from the store's log and
+    delivered before a later published batch (6..8) that revealed the gap; a published batch
+    that was already delivered, in whole or in part, is dropped; the hub sees 1..N once, in
+    order."""
+    bp = MemoryBackplane()
+    async with relaying(bp, store) as (_, hub, sub):
+        assert hub.seq == 0
+        await write(store, 5)  # lost: never published
+        last = await write(store, 3)
+        await bp.publish(await batch(store, 5, last))
+        got = await received_until(sub, last, [])
+        assert got == list(range(1, last + 1))
+
+        # duplicates: the same batch again, and one overlapping the delivered range
+        await bp.publish(await batch(store, 5, last))
+        await bp.publish(await batch(store, 0, last))
+        newest = await write(store, 2)
+        await bp.publish(await batch(store, last - 1, newest))  # overlaps by 1
+        await bp.publish(await batch(store, last, newest))  # exact duplicate
+        await received_until(sub, newest, got)
+        # a marker: anything duplicated would have been delivered before it
+        marker = await write(store, 1)
+        await bp.publish(await batch(store, newest, marker))
+        await received_until(sub, marker, got)
+        assert got == list(range(1, marker + 1))
+        assert hub.seq == marker
+
+
+async def test_periodic_poll_delivers_what_was_never_published(
+    store: InProcessStoreClient,
+) -> None:
+    """With nothing published at all (a silently dead subscription), the relay's periodic ping
+    notices the store is ahead and delivers every committed event, once, in order."""
+    bp = MemoryBackplane()
+    async with relaying(bp, store, poll_interval=0.05) as (_, hub, sub):
+        first = await write(store, 7)
+        got = await received_until(sub, first, [])
+        last = await write(store, 5)
+        await received_until(sub, last, got)
+        assert got == list(range(1, last + 1))
+        # the poll keeps running and must not deliver anything twice
+        marker = await write(store, 1)
+        await received_until(sub, marker, got)
+        assert got == list(range(1, marker + 1))
+        assert hub.seq == marker
+
+
+async def test_resubscribe_repairs_what_pubsub_dropped(
+    store: InProcessStoreClient, redis_server: RedisServer
+) -> None:
+    """Events committed while Redis was down (so never seen on pub/sub) are delivered as soon
+    as the subscription comes back and yields RESUBSCRIBED, before anything published after,
+    with no periodic poll to help."""
+    bp = RedisBackplane(redis_server.url)
+    try:
+        async with relaying(bp, store) as (_, hub, sub):
+            await until(lambda: bp.live, what="subscribed")
+            before = await write(store, 2)
+            await bp.publish(await batch(store, 0, before))
+            got = await received_until(sub, before, [])
+
+            redis_server.stop()
+            await until(lambda: not bp.live, what="subscription lost")
+            during = await write(store, 6)  # nobody can publish these
+            redis_server.start()
+            # The repair needs no help from a publish: RESUBSCRIBED alone brings them.
+            await received_until(sub, during, got)
+            assert got == list(range(1, during + 1))
+
+            after = await write(store, 2)
+            for attempt in range(5):  # the first publish may hit the pool's dead connection
+                try:
+                    await bp.publish(await batch(store, during, after))
+                    break
+                except Exception:
+                    if attempt == 4:
+                        raise
+                    await asyncio.sleep(0.05)
+            await received_until(sub, after, got)
+            assert got == list(range(1, after + 1))
+            assert hub.seq == after
+    finally:
+        await bp.close()
+
+
+async def test_close_returns_promptly_while_subscribing(
+    store: InProcessStoreClient, redis_server: RedisServer
+) -> None:
+    """EventRelay.close() (a worker's shutdown awaits it) returns promptly whenever it is
+    called, also in the first event-loop turns after start, while the Redis subscription is
+    being set up (as after every reconnect). Swept over those turns."""
+    hung: list[int] = []
+    for turns in [t for _ in range(3) for t in range(12)]:
+        backplane = RedisBackplane(redis_server.url)
+        relay = EventRelay(backplane, store, Hub(), poll_interval=NEVER)
+        await relay.start()
+        for _ in range(turns):
+            await asyncio.sleep(0)
+        closing = asyncio.create_task(relay.close())
+        done, _ = await asyncio.wait({closing}, timeout=1)
+        if not done:
+            hung.append(turns)
+            # a task swallowed its cancellation and carried on: cancel again to clean up
+            for task in relay._tasks:
+                task.cancel()
+            await closing
+        await backplane.close()
+        if hung:
+            break
+    assert hung == [], (
+        f"close() hung after {hung} loop turns: the cancellation was swallowed inside the "
+        "subscription (Python 3.11 asyncio.wait_for in redis-py's send_packed_command)"
+    )

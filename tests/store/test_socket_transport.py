@@ -1,0 +1,284 @@
+"""The worker <-> store transport: StoreServer and SocketStoreClient over real Unix and TCP
+sockets. Every call answers like the in-process engine; failures surface as StoreUnavailable or
+StoreTimeout within bounded time, and the client heals itself once the store is back."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from service.errors import Conflict, Forbidden, Invalid, NotFound, StoreTimeout, StoreUnavailable
+from service.pb import duckcast_pb2 as pb
+from service.pb import store_pb2 as spb
+from service.store.client import InProcessStoreClient
+from service.store.engine import StoreEngine
+from service.store.protocol import MAX_FRAME, encode_frame
+from service.store.server import StoreServer
+from service.store.socket_client import BACKOFF_MIN, SocketStoreClient
+from tests.store.conftest import Served, WriterGate, creates, wait_until
+
+
+async def test_every_typed_call_round_trips(served: Served) -> None:
+    """Each StoreClient call over the socket returns what the engine answers in-process."""
+    remote, local = served.client, InProcessStoreClient(served.engine)
+    assert await remote.ping() == 0
+
+    user = await remote.create_user("alice", "argon2-hash")
+    assert (user.id, user.username) == (1, "alice") and user.created_at.seconds > 0
+    assert await remote.get_user(user.id) == user == await local.get_user(user.id)
+    record = await remote.get_user_by_name("alice")
+    assert (record.user, record.password_hash) == (user, "argon2-hash")
+
+    created = await remote.create_items(
+        user.id,
+        [
+            pb.ItemCreate(title="a", description="d", status="completed", priority=9),
+            pb.ItemCreate(title="b"),
+        ],
+    )
+    a, b = created.items
+    assert (a.id, a.title, a.description, a.status, a.priority, a.owner_id, a.version) == (
+        1,
+        "a",
+        "d",
+        "completed",
+        9,
+        user.id,
+        1,
+    )
+    assert (b.status, b.priority) == ("active", 0)
+    assert await remote.get_item(a.id) == a == await local.get_item(a.id)
+
+    updated = await remote.update_item(user.id, b.id, pb.ItemUpdate(priority=50))
+    assert (updated.priority, updated.version, updated.title) == (50, 2, "b")
+    query = spb.ListItems(page=1, limit=10)
+    page = await remote.list_items(query)
+    assert [i.id for i in page.items] == [b.id, a.id] and page.seq == 3
+    assert page == await local.list_items(query)
+    stats = await remote.stats()
+    assert (stats.total, stats.active, stats.completed, stats.avg_priority) == (2, 1, 1, 29.5)
+
+    assert await remote.delete_item(user.id, a.id) == 4
+    events = await remote.events_since(0)
+    assert [(e.seq, e.type) for e in events.events] == [
+        (1, pb.CREATED),
+        (2, pb.CREATED),
+        (3, pb.UPDATED),
+        (4, pb.DELETED),
+    ]
+    assert events == await local.events_since(0)
+    assert list((await remote.events_since(1, limit=2)).events) == list(events.events[1:3])
+    assert await remote.ping() == 4
+
+
+async def test_domain_errors_cross_the_socket_as_their_own_types(served: Served) -> None:
+    """NotFound, Forbidden, Conflict and Invalid raised in the store raise the same classes in
+    the client, with the store's message."""
+    client = served.client
+    user = await client.create_user("alice", "h")
+    (item,) = (await client.create_items(user.id, creates("mine"))).items
+    with pytest.raises(NotFound, match="item 99 not found"):
+        await client.get_item(99)
+    with pytest.raises(NotFound):
+        await client.get_user_by_name("nobody")
+    with pytest.raises(Forbidden):
+        await client.update_item(user.id + 1, item.id, pb.ItemUpdate(title="theirs"))
+    with pytest.raises(Conflict):
+        await client.create_user("alice", "h")
+    with pytest.raises(Invalid, match="status"):
+        await client.list_items(spb.ListItems(page=1, limit=10, status="lost"))
+    with pytest.raises(Invalid):
+        await client.update_item(user.id, item.id, pb.ItemUpdate())
+    assert await client.get_item(item.id) == item  # the connection is still good
+
+
+async def test_many_concurrent_calls_share_one_connection(served: Served) -> None:
+    """200 calls in flight at once on one connection each get their own answer (matched by
+    request id, not by arrival order)."""
+    client = served.client
+    items = (await client.create_items(1, creates(*(f"item-{i}" for i in range(50))))).items
+    by_id = {i.id: i for i in items}
+    wanted = [items[(k * 7) % 50].id for k in range(200)]
+
+    async def one(k: int, item_id: int) -> None:
+        if k % 10 == 0:
+            page = await client.list_items(spb.ListItems(page=1 + k % 5, limit=10))
+            assert page.page == 1 + k % 5 and len(page.items) == 10
+        elif k % 10 == 1:
+            assert (await client.stats()).total == 50
+        else:
+            assert await client.get_item(item_id) == by_id[item_id]
+
+    await asyncio.gather(*(one(k, i) for k, i in enumerate(wanted)))
+    assert len(served.server._connections) == 1
+
+
+async def test_a_store_that_is_not_there_fails_fast_and_backs_off(sock_dir: Path) -> None:
+    """Nothing listening: the call raises StoreUnavailable at once (not after the timeout); a
+    second call within the backoff raises again without even trying to connect."""
+    path = sock_dir / "absent.sock"
+    client = SocketStoreClient(f"unix:{path}")
+    client.timeout = 2.0
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        listener.bind(str(path))  # the path exists, but nothing listens: connection refused
+        listener.setblocking(False)
+        started = time.monotonic()
+        with pytest.raises(StoreUnavailable) as first:
+            await client.ping()
+        failed_at = time.monotonic()
+        assert type(first.value) is StoreUnavailable
+        assert failed_at - started < 0.5
+
+        listener.listen(8)  # from now on a connect attempt would succeed at once
+        with pytest.raises(StoreUnavailable) as second:
+            await client.ping()
+        assert type(second.value) is StoreUnavailable, "it connected despite the backoff"
+        assert time.monotonic() - failed_at < BACKOFF_MIN, "too slow to test the backoff window"
+        with pytest.raises(BlockingIOError):
+            listener.accept()  # no connection was attempted
+    finally:
+        listener.close()
+        await client.close()
+
+
+async def test_the_client_heals_after_the_store_restarts(served: Served, gate: WriterGate) -> None:
+    """Server gone mid-session: the call in flight fails with StoreUnavailable (its write was
+    already handed to the writer and still commits), calls while it is down fail the same way,
+    and once a server listens on the same path again the client reconnects by itself."""
+    client, engine = served.client, served.engine
+    assert await client.ping() == 0
+
+    gate.arm()  # the next write parks the writer after COMMIT, before it is answered
+    in_flight = asyncio.create_task(client.create_user("in-flight", "h"))
+    await gate.parked()
+    await served.server.close()
+    with pytest.raises(StoreUnavailable):
+        await in_flight
+    gate.release()
+    with pytest.raises(StoreUnavailable):
+        await client.ping()
+
+    restarted = StoreServer(engine, served.url)
+    await restarted.start()
+    try:
+        deadline = time.monotonic() + 5
+        while True:
+            try:
+                assert await client.ping() == 0
+                break
+            except StoreUnavailable:
+                if time.monotonic() > deadline:
+                    raise
+                await asyncio.sleep(0.02)  # polling past the client's backoff
+        assert (await client.get_user_by_name("in-flight")).user.id == 1
+        assert (await client.create_items(1, creates("after"))).items[0].id == 1
+    finally:
+        await client.close()
+        await restarted.close()
+
+
+@contextlib.asynccontextmanager
+async def silent_store(path: Path) -> AsyncIterator[list[int]]:
+    """A listener that accepts connections and reads requests but never answers. Yields the
+    number of bytes received per connection."""
+    received: list[int] = []
+    open_connections: set[asyncio.Task[None]] = set()
+
+    async def swallow(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        open_connections.add(task)
+        received.append(0)
+        try:
+            while chunk := await reader.read(65536):
+                received[-1] += len(chunk)
+        finally:
+            writer.close()
+            open_connections.discard(task)
+
+    server = await asyncio.start_unix_server(swallow, path=str(path))
+    try:
+        yield received
+    finally:
+        server.close()
+        await server.wait_closed()
+        await wait_until(lambda: not open_connections)
+
+
+async def test_a_store_that_does_not_answer_times_out(sock_dir: Path) -> None:
+    """A store that accepts but never replies costs the caller `timeout`, then StoreTimeout;
+    the next call times out the same way rather than hanging."""
+    path = sock_dir / "silent.sock"
+    async with silent_store(path) as received:
+        client = SocketStoreClient(f"unix:{path}")
+        client.timeout = 0.3
+        try:
+            for _ in range(2):
+                started = time.monotonic()
+                with pytest.raises(StoreTimeout, match="did not answer"):
+                    await client.ping()
+                assert 0.29 <= time.monotonic() - started < 1.5
+        finally:
+            await client.close()
+        assert received and received[0] > 0  # the request did go out
+
+
+@pytest.mark.parametrize(
+    "bad_bytes",
+    [encode_frame(b"\xff" * 16), (MAX_FRAME + 1).to_bytes(4, "big")],
+    ids=["undecodable-request", "oversized-frame"],
+)
+async def test_a_bad_frame_closes_only_its_own_connection(
+    served: Served, gate: WriterGate, bad_bytes: bytes
+) -> None:
+    """A peer that sends garbage is disconnected; another client's connection, with a call in
+    flight at that moment, is untouched and the server keeps serving."""
+    client = served.client
+    gate.arm()
+    in_flight = asyncio.create_task(client.create_items(1, creates("survivor")))
+    await gate.parked()
+
+    path = served.url.removeprefix("unix:")
+    reader, writer = await asyncio.open_unix_connection(path)
+    try:
+        writer.write(bad_bytes)
+        await writer.drain()
+        assert await asyncio.wait_for(reader.read(), 5) == b""  # closed by the server
+    finally:
+        writer.close()
+        await writer.wait_closed()
+
+    gate.release()
+    assert [i.title for i in (await in_flight).items] == ["survivor"]
+    assert await client.ping() == 1
+    assert len(served.server._connections) == 1
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+async def test_tcp_transport(engine: StoreEngine) -> None:
+    """tcp:HOST:PORT serves the same protocol as a Unix socket."""
+    url = f"tcp:127.0.0.1:{free_port()}"
+    server = StoreServer(engine, url)
+    await server.start()
+    client = SocketStoreClient(url)
+    try:
+        (item,) = (await client.create_items(3, creates("over tcp"))).items
+        assert await client.get_item(item.id) == item
+        results = await asyncio.gather(*(client.get_item(item.id) for _ in range(50)))
+        assert results == [item] * 50
+        assert await client.ping() == 1
+    finally:
+        await client.close()
+        await server.close()
