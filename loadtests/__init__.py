@@ -1,0 +1,1 @@
+"""Load tests: `python -m loadtests.bench` (service vs. a bare ASGI ceiling) and a locustfile."""
