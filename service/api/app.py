@@ -12,7 +12,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 from starlette.types import Receive, Scope, Send
 
-from service.api import errors
+from service.api import errors, fastpath
 from service.api.auth import TokenSigner
 from service.api.middleware import BodyLimit, Metrics
 from service.api.routes import events, items, ops, uploads, users
@@ -100,15 +100,19 @@ def create_app(
 
 
 class DuckcastApp(FastAPI):
-    """FastAPI, but the two event streams go straight to their ASGI handlers (see
-    service.api.routes.events): a long-lived stream should hold as little as possible."""
+    """FastAPI, but the two event streams go straight to their ASGI handlers (a long-lived
+    stream should hold as little as possible; service.api.routes.events), and the well-formed
+    cases of the three hottest item requests skip FastAPI's machinery (service.api.fastpath)."""
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        stream = events.STREAMS.get((scope["type"], scope.get("path", "")))
-        if stream is not None and scope.get("method", "GET") == "GET":
+        if scope["type"] != "lifespan":
             scope["app"] = self
-            await stream(scope, receive, send)
-            return
+            stream = events.STREAMS.get((scope["type"], scope["path"]))
+            if stream is not None and scope.get("method", "GET") == "GET":
+                await stream(scope, receive, send)
+                return
+            if scope["type"] == "http" and await fastpath.serve(scope, receive, send):
+                return
         await super().__call__(scope, receive, send)
 
 

@@ -69,6 +69,7 @@ class StoreServer:
         self._connections.add(task)
         slots = asyncio.Semaphore(self._max_in_flight)
         handlers: set[asyncio.Task[None]] = set()
+        out = _Coalescer(writer)
         try:
             while True:
                 frame = await read_frame(reader)
@@ -77,7 +78,7 @@ class StoreServer:
                 except DecodeError as exc:
                     raise ProtocolError("undecodable StoreRequest") from exc
                 await slots.acquire()
-                handler = asyncio.create_task(self._answer(req, writer, slots))
+                handler = asyncio.create_task(self._answer(req, out, slots))
                 handlers.add(handler)
                 handler.add_done_callback(handlers.discard)
                 await writer.drain()
@@ -95,11 +96,30 @@ class StoreServer:
             self._connections.discard(task)
 
     async def _answer(
-        self, req: spb.StoreRequest, writer: asyncio.StreamWriter, slots: asyncio.Semaphore
+        self, req: spb.StoreRequest, out: _Coalescer, slots: asyncio.Semaphore
     ) -> None:
         try:
             resp = await self._engine.handle(req)
-            if not writer.is_closing():
-                writer.write(encode_frame(resp.SerializeToString()))
+            out.send(encode_frame(resp.SerializeToString()))
         finally:
             slots.release()
+
+
+class _Coalescer:
+    """Answers finished in one loop turn (a group commit finishes many) leave in one write."""
+
+    __slots__ = ("_frames", "_writer")
+
+    def __init__(self, writer: asyncio.StreamWriter) -> None:
+        self._writer = writer
+        self._frames: list[bytes] = []
+
+    def send(self, frame: bytes) -> None:
+        self._frames.append(frame)
+        if len(self._frames) == 1:
+            asyncio.get_running_loop().call_soon(self._flush)
+
+    def _flush(self) -> None:
+        frames, self._frames = self._frames, []
+        if not self._writer.is_closing():
+            self._writer.write(b"".join(frames))

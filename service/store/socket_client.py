@@ -25,6 +25,7 @@ from service.store.server import parse_address
 logger = logging.getLogger(__name__)
 
 BACKOFF_MIN, BACKOFF_MAX = 0.05, 2.0
+SWEEP_INTERVAL = 0.05  # seconds between deadline checks
 
 
 class SocketStoreClient(StoreClient):
@@ -40,8 +41,14 @@ class SocketStoreClient(StoreClient):
         self._backoff = 0.0
         self._retry_at = 0.0
         self._last_error = ""
+        self._deadlines: dict[int, float] = {}
+        self._sweeper: asyncio.TimerHandle | None = None
+        self._out: list[bytes] = []
 
     async def close(self) -> None:
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            self._sweeper = None
         if self._reader_task is not None:
             self._reader_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -49,24 +56,61 @@ class SocketStoreClient(StoreClient):
         self._drop(StoreUnavailable("store client closed"))
 
     async def call(self, req: spb.StoreRequest) -> spb.StoreResponse:
-        deadline = time.monotonic() + self.timeout
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.timeout
+        if self._slots.locked():  # rare: only then is a timer worth its cost
+            try:
+                async with asyncio.timeout_at(deadline):
+                    await self._slots.acquire()
+            except TimeoutError:
+                raise self._timed_out() from None
+        else:
+            await self._slots.acquire()
         try:
-            async with asyncio.timeout_at(asyncio.get_running_loop().time() + self.timeout):
-                async with self._slots:
-                    writer = await self._connection()
-                    req.id = self._next_id
-                    self._next_id += 1
-                    future = asyncio.get_running_loop().create_future()
-                    self._pending[req.id] = future
-                    try:
-                        req.timeout_ms = max(1, int((deadline - time.monotonic()) * 1000))
-                        writer.write(encode_frame(req.SerializeToString()))
-                        resp: spb.StoreResponse = await future
-                        return resp
-                    finally:
-                        self._pending.pop(req.id, None)
-        except TimeoutError:
-            raise StoreTimeout(f"the store did not answer within {self.timeout:g}s") from None
+            await self._connection()
+            req.id = self._next_id
+            self._next_id += 1
+            req.timeout_ms = max(1, int((deadline - loop.time()) * 1000))
+            future: asyncio.Future[spb.StoreResponse] = loop.create_future()
+            self._pending[req.id] = future
+            self._deadlines[req.id] = deadline
+            self._send(encode_frame(req.SerializeToString()))
+            if self._sweeper is None:
+                self._sweeper = loop.call_later(SWEEP_INTERVAL, self._sweep)
+            try:
+                return await future
+            finally:
+                self._pending.pop(req.id, None)
+                self._deadlines.pop(req.id, None)
+        finally:
+            self._slots.release()
+
+    def _timed_out(self) -> StoreTimeout:
+        return StoreTimeout(f"the store did not answer within {self.timeout:g}s")
+
+    def _sweep(self) -> None:
+        # One timer for all calls instead of one per call: deadlines are checked every
+        # SWEEP_INTERVAL (a call may overrun its deadline by that much, never more).
+        self._sweeper = None
+        now = asyncio.get_running_loop().time()
+        for rid, deadline in list(self._deadlines.items()):
+            if deadline <= now:
+                future = self._pending.get(rid)
+                if future is not None and not future.done():
+                    future.set_exception(self._timed_out())
+        if self._deadlines:
+            self._sweeper = asyncio.get_running_loop().call_later(SWEEP_INTERVAL, self._sweep)
+
+    def _send(self, frame: bytes) -> None:
+        # Frames written in one loop turn go out in one write (one syscall, not one each).
+        self._out.append(frame)
+        if len(self._out) == 1:
+            asyncio.get_running_loop().call_soon(self._flush)
+
+    def _flush(self) -> None:
+        out, self._out = self._out, []
+        if self._writer is not None and not self._writer.is_closing():
+            self._writer.write(b"".join(out))
 
     async def _connection(self) -> asyncio.StreamWriter:
         if self._writer is not None and not self._writer.is_closing():
@@ -83,8 +127,9 @@ class SocketStoreClient(StoreClient):
                     reader, writer = await asyncio.open_unix_connection(addr)
                 else:
                     assert isinstance(addr, tuple)
-                    reader, writer = await asyncio.open_connection(addr[0], addr[1])
-            except OSError as exc:
+                    async with asyncio.timeout(self.timeout):
+                        reader, writer = await asyncio.open_connection(addr[0], addr[1])
+            except (OSError, TimeoutError) as exc:
                 self._backoff = min(max(self._backoff * 2, BACKOFF_MIN), BACKOFF_MAX)
                 self._retry_at = time.monotonic() + self._backoff
                 self._last_error = exc.strerror or str(exc)
