@@ -10,7 +10,7 @@ $(BIN)/duckcast: pyproject.toml
 	$(BIN)/pip install --quiet -e '.[dev]'
 	touch $@
 
-.PHONY: run test lint bench protos
+.PHONY: run test lint bench fanout protos
 run: $(BIN)/duckcast
 	$(BIN)/duckcast serve
 
@@ -24,6 +24,9 @@ lint: $(BIN)/duckcast
 
 bench: $(BIN)/duckcast
 	$(BIN)/python -m loadtests.bench
+
+fanout: $(BIN)/duckcast
+	$(BIN)/python -m loadtests.fanout
 
 protos: $(BIN)/duckcast
 	$(BIN)/python -m service.pb.generate
