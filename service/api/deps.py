@@ -46,24 +46,24 @@ def _token(conn: HTTPConnection, allow_query: bool) -> str | None:
     return None
 
 
-def _user_id(conn: HTTPConnection, allow_query: bool) -> int:
+def user_id(conn: HTTPConnection, allow_query: bool) -> int:
     token = _token(conn, allow_query)
     if token is None:
         raise Unauthorized("not authenticated: send a bearer token or the session cookie")
     signer: TokenSigner = conn.app.state.signer
-    user_id = signer.verify(token)
-    if user_id is None:
+    verified = signer.verify(token)
+    if verified is None:
         raise Unauthorized("invalid or expired token")
-    return user_id
+    return verified
 
 
 async def current_user_id(conn: HTTPConnection) -> int:
-    return _user_id(conn, allow_query=False)
+    return user_id(conn, allow_query=False)
 
 
 def stream_user_id(conn: HTTPConnection) -> int:
     """SSE and WebSocket clients cannot always set headers, so `?token=` is accepted too."""
-    return _user_id(conn, allow_query=True)
+    return user_id(conn, allow_query=True)
 
 
 StoreDep = Annotated[StoreClient, Depends(get_store)]

@@ -21,9 +21,9 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
-from service.api.deps import _user_id
+from service.api.deps import user_id
 from service.api.errors import error_response
-from service.api.negotiation import parse_body, render
+from service.api.negotiation import INT64_MAX, bounded_int, parse_body, render
 from service.api.schemas import ItemCreate, item_create_pb, item_json, page_json
 from service.errors import DuckcastError
 from service.metrics import HTTP_LATENCY, HTTP_REQUESTS
@@ -31,7 +31,6 @@ from service.pb import duckcast_pb2 as pb
 from service.pb import store_pb2 as spb
 from service.store.client import StoreClient
 
-INT64_MAX = 2**63 - 1
 ITEM_ROUTE = "/api/items/{item_id}"
 ITEMS_ROUTE = "/api/items"
 LIST_PARAMS = {"page": (1, 1_000_000), "limit": (1, 100), "owner_id": (1, INT64_MAX)}
@@ -48,18 +47,11 @@ def _count(method: str, route: str, status: int, started: float) -> None:
     HTTP_LATENCY.labels(method, route).observe(time.perf_counter() - started)
 
 
-def _bounded_int(text: str, low: int, high: int) -> int | None:
-    if not text.isdigit() or len(text) > 19:
-        return None
-    value = int(text)
-    return value if low <= value <= high else None
-
-
 def _list_query(request: Request) -> spb.ListItems | None:
     query = spb.ListItems(page=1, limit=20)
     for name, value in request.query_params.multi_items():
         if name in LIST_PARAMS:
-            number = _bounded_int(value, *LIST_PARAMS[name])
+            number = bounded_int(value, *LIST_PARAMS[name])
             if number is None:
                 return None
             setattr(query, name, number)
@@ -99,13 +91,13 @@ async def serve(scope: Scope, receive: Receive, send: Send) -> bool:
     request = Request(scope, receive)
     state = scope["app"].state
     try:
-        user = _user_id(request, allow_query=False)
+        user = user_id(request, allow_query=False)
     except DuckcastError:
         return False  # FastAPI answers 401 (and 404/405 for paths it does not know)
     store: StoreClient = state.store
 
     if method == "GET" and path.startswith("/api/items/"):
-        item_id = _bounded_int(path[len("/api/items/") :], 1, INT64_MAX)
+        item_id = bounded_int(path[len("/api/items/") :], 1, INT64_MAX)
         if item_id is None:
             return False
 

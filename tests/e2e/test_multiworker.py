@@ -22,12 +22,12 @@ from tests.e2e.conftest import (
     Deployment,
     DuckcastProcess,
     bad_log_lines,
-    children,
     is_gunicorn,
     is_store,
     list_all,
     register_and_login,
 )
+from tests.procs import children
 
 pytestmark = pytest.mark.e2e
 

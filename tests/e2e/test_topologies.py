@@ -16,15 +16,12 @@ from tests.conftest import RedisServer, free_port, wait_until
 from tests.e2e.conftest import (
     DUCKCAST,
     Deployment,
-    alive,
     bad_log_lines,
-    children,
-    cmdline,
-    descendants,
     is_gunicorn,
     is_store,
     register_and_login,
 )
+from tests.procs import alive, children, cmdline, descendants
 
 pytestmark = pytest.mark.e2e
 

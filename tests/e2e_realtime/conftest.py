@@ -25,52 +25,10 @@ import httpx
 import pytest
 
 from tests.conftest import RedisServer, free_port, wait_until
+from tests.procs import children, cmdline, group_members
 
 ROOT = Path(__file__).resolve().parents[2]
 WORKERS = 3
-
-
-# -- /proc (psutil is not installed) ---------------------------------------------------------
-
-
-def _stat(pid: int) -> list[str] | None:
-    """Fields of /proc/<pid>/stat after the command name (state, ppid, pgrp, ...)."""
-    try:
-        raw = Path(f"/proc/{pid}/stat").read_text()
-    except (FileNotFoundError, ProcessLookupError):
-        return None
-    return raw[raw.rindex(")") + 2 :].split()
-
-
-def _pids() -> list[int]:
-    return [int(name) for name in os.listdir("/proc") if name.isdigit()]
-
-
-def cmdline(pid: int) -> list[str]:
-    try:
-        raw = Path(f"/proc/{pid}/cmdline").read_bytes()
-    except (FileNotFoundError, ProcessLookupError):
-        return []
-    return [part.decode(errors="replace") for part in raw.split(b"\0") if part]
-
-
-def children(pid: int) -> list[int]:
-    """Live (not zombie) direct children of `pid`."""
-    found = []
-    for child in _pids():
-        fields = _stat(child)
-        if fields is not None and fields[0] != "Z" and int(fields[1]) == pid:
-            found.append(child)
-    return sorted(found)
-
-
-def group_members(pgid: int) -> list[int]:
-    found = []
-    for pid in _pids():
-        fields = _stat(pid)
-        if fields is not None and fields[0] != "Z" and int(fields[2]) == pgid:
-            found.append(pid)
-    return found
 
 
 def rss_kib(pid: int) -> int:

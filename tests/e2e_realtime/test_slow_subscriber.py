@@ -23,7 +23,8 @@ from tests.e2e_realtime.clients import (
     signup_all,
     until,
 )
-from tests.e2e_realtime.conftest import Service, children
+from tests.e2e_realtime.conftest import Service
+from tests.procs import children
 
 pytestmark = pytest.mark.e2e
 

@@ -20,6 +20,7 @@ from starlette.types import Receive, Scope, Send
 
 from service.api.deps import stream_user_id
 from service.api.errors import error_response
+from service.api.negotiation import INT64_MAX, bounded_int
 from service.errors import DuckcastError, Invalid
 from service.metrics import DELIVERIES
 from service.realtime.hub import Filters, Hub, Subscription, SubscriptionClosed
@@ -36,7 +37,6 @@ WS_POLICY = 1008  # invalid query parameters, or the client sent messages on thi
 SERVICE_RESTART = 1012  # this worker is shutting down; reconnect (to another worker)
 STORE_GONE = 1011
 MAX_SEQ = 2**62
-MAX_ID = 2**63 - 1
 CLIENT_MESSAGES_ALLOWED = 64  # clients have nothing to say here; a flood is closed (1008)
 
 SSE_DELIVERIES = DELIVERIES.labels("sse")
@@ -53,18 +53,20 @@ Status = Literal["active", "completed"]
 
 
 def _int(name: str, value: str | None, low: int, high: int) -> int | None:
+    """An optional integer parameter: None if absent, Invalid (422) if out of range."""
     if value is None or value == "":
         return None
-    if not value.isdigit() or len(value) > 19 or not low <= int(value) <= high:
+    number = bounded_int(value, low, high)
+    if number is None:
         raise Invalid(f"{name}: must be an integer from {low} to {high}")
-    return int(value)
+    return number
 
 
 def _filters(query: Mapping[str, str]) -> Filters:
     status = query.get("status")
     if status not in (None, "active", "completed"):
         raise Invalid("status: must be 'active' or 'completed'")
-    return Filters(_int("owner_id", query.get("owner_id"), 1, MAX_ID), status)
+    return Filters(_int("owner_id", query.get("owner_id"), 1, INT64_MAX), status)
 
 
 class _Client:
@@ -242,7 +244,7 @@ class _Stream(Response):
     responses={200: {"content": {"text/event-stream": {}}}},
 )
 async def sse_events(
-    owner_id: Annotated[int | None, Query(ge=1, le=MAX_ID)] = None,
+    owner_id: Annotated[int | None, Query(ge=1, le=INT64_MAX)] = None,
     status: Status | None = None,
     last_event_id: Annotated[int | None, Query(ge=0, le=MAX_SEQ)] = None,
     token: str | None = None,

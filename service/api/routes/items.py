@@ -7,7 +7,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from service.api.deps import CurrentUser, StoreDep
-from service.api.negotiation import documented, parse_body, render
+from service.api.negotiation import INT64_MAX, documented, parse_body, render
 from service.api.schemas import (
     BulkCreate,
     ItemCreate,
@@ -28,7 +28,6 @@ from service.pb import store_pb2 as spb
 
 router = APIRouter(prefix="/api", tags=["items"])
 
-INT64_MAX = 2**63 - 1
 ItemId = Annotated[int, Path(ge=1, le=INT64_MAX)]
 
 
