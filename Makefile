@@ -21,6 +21,7 @@ lint: $(BIN)/duckcast
 	$(BIN)/ruff check service tests loadtests
 	$(BIN)/ruff format --check service tests loadtests
 	$(BIN)/mypy
+	$(BIN)/python -m pytest -q -p no:cacheprovider tests/test_layers.py
 
 bench: $(BIN)/duckcast
 	$(BIN)/python -m loadtests.bench

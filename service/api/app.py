@@ -16,12 +16,11 @@ from service.api import errors, fastpath
 from service.api.auth import TokenSigner
 from service.api.middleware import BodyLimit, Metrics
 from service.api.routes import events, items, ops, uploads, users
+from service.backplane import Backplane, backplane_from_url
 from service.config import Settings
-from service.metrics import observe_batch
-from service.realtime.backplane import Backplane, backplane_from_url
 from service.realtime.hub import Hub
 from service.realtime.relay import EventRelay
-from service.store.client import InProcessStoreClient, StoreClient, connect_store
+from service.storeclient import StoreClient, connect_store
 
 logger = logging.getLogger(__name__)
 
@@ -34,8 +33,8 @@ def create_app(
     backplane: Backplane | None = None,
 ) -> FastAPI:
     settings = settings or Settings()
-    store = store or connect_store(settings)
     backplane = backplane or backplane_from_url(settings.redis_url)
+    store = store or connect_store(settings, backplane)
     hub = Hub(maxsize=settings.subscriber_buffer, flush_interval=settings.stream_flush_ms / 1000)
     poll = 1.0
     if settings.store_url and not settings.redis_url:
@@ -46,18 +45,8 @@ def create_app(
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        publisher = None
-        await store.start()
         await backplane.start()
-        if isinstance(store, InProcessStoreClient):
-            # embedded mode: this process also runs the store's outbox publisher
-            from service.realtime.publisher import OutboxPublisher
-
-            store.engine.add_batch_observer(observe_batch)
-            publisher = OutboxPublisher(
-                store.engine, backplane, settings.data_dir / "published_seq"
-            )
-            await publisher.start()
+        await store.start()  # embedded mode: also the store's outbox publisher
         await relay.start()
         restore_signals = _end_streams_on_signal(hub)
         try:
@@ -67,10 +56,8 @@ def create_app(
             restore_signals()
             hub.close()
             await relay.close()
-            if publisher is not None:
-                await publisher.close()
-            await backplane.close()
             await store.close()
+            await backplane.close()
 
     app = DuckcastApp(
         title="Duckcast",

@@ -13,7 +13,7 @@ from starlette.requests import HTTPConnection
 from service.api.auth import TokenSigner
 from service.config import Settings
 from service.errors import Unauthorized
-from service.store.client import StoreClient
+from service.storeclient import StoreClient
 
 
 async def get_store(conn: HTTPConnection) -> StoreClient:

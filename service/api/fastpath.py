@@ -23,13 +23,14 @@ from starlette.types import Receive, Scope, Send
 
 from service.api.deps import user_id
 from service.api.errors import error_response
-from service.api.negotiation import INT64_MAX, bounded_int, parse_body, render
-from service.api.schemas import ItemCreate, item_create_pb, item_json, page_json
+from service.api.negotiation import parse_body, render
+from service.api.schemas import ItemCreate, item_create_pb
 from service.errors import DuckcastError
 from service.metrics import HTTP_LATENCY, HTTP_REQUESTS
 from service.pb import duckcast_pb2 as pb
 from service.pb import store_pb2 as spb
-from service.store.client import StoreClient
+from service.storeclient import StoreClient
+from service.wire import INT64_MAX, STATUSES, bounded_int, item_json, page_json
 
 ITEM_ROUTE = "/api/items/{item_id}"
 ITEMS_ROUTE = "/api/items"
@@ -55,7 +56,7 @@ def _list_query(request: Request) -> spb.ListItems | None:
             if number is None:
                 return None
             setattr(query, name, number)
-        elif name == "status" and value in ("active", "completed"):
+        elif name == "status" and value in STATUSES:
             query.status = value
         elif name == "q" and len(value) <= 200:
             if value:

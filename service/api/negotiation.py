@@ -26,17 +26,6 @@ class BadRequest(Invalid):
     status = 400
 
 
-INT64_MAX = 2**63 - 1
-
-
-def bounded_int(text: str | None, low: int, high: int) -> int | None:
-    """`text` as an integer in [low, high], or None if it is anything else."""
-    if text is None or not text.isdigit() or len(text) > 19:
-        return None
-    value = int(text)
-    return value if low <= value <= high else None
-
-
 def response_type(request: Request) -> str:
     """The protobuf media type the client named in Accept (echoed back), else JSON."""
     accept = request.headers.get("accept", "")

@@ -1,11 +1,11 @@
 """JSON shapes: pydantic models validate request bodies (JSON, and protobuf after decoding,
-so both formats obey the same rules) and document responses; hand-written converters turn the
-store's protobuf messages into JSON-ready dicts on the hot path. Field names mirror protos/."""
+so both formats obey the same rules) and document responses. The converters that serialise
+answers live in service.wire. Field names mirror protos/."""
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
-from typing import Annotated, Any, Literal
+from datetime import datetime
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -13,7 +13,7 @@ from service.pb import duckcast_pb2 as pb
 
 Title = Annotated[str, Field(min_length=1, max_length=200)]
 Description = Annotated[str, Field(max_length=10_000)]
-Status = Literal["active", "completed"]
+Status = Literal["active", "completed"]  # service.wire.STATUSES
 Priority = Annotated[int, Field(ge=0, le=100)]
 
 
@@ -116,69 +116,6 @@ class UploadOut(BaseModel):
 
 class ErrorOut(BaseModel):
     detail: str
-
-
-# -- protobuf -> JSON-ready dicts ---------------------------------------------------------------
-
-
-def rfc3339(ts: Any) -> str:
-    dt = datetime.fromtimestamp(ts.seconds, UTC).replace(microsecond=ts.nanos // 1000)
-    return dt.isoformat().replace("+00:00", "Z")
-
-
-def user_json(u: pb.User) -> dict[str, Any]:
-    return {"id": u.id, "username": u.username, "created_at": rfc3339(u.created_at)}
-
-
-def item_json(it: pb.Item) -> dict[str, Any]:
-    return {
-        "id": it.id,
-        "title": it.title,
-        "description": it.description,
-        "status": it.status,
-        "priority": it.priority,
-        "owner_id": it.owner_id,
-        "created_at": rfc3339(it.created_at),
-        "updated_at": rfc3339(it.updated_at),
-        "version": it.version,
-    }
-
-
-def item_list_json(items: pb.ItemList) -> dict[str, Any]:
-    return {"items": [item_json(i) for i in items.items]}
-
-
-def page_json(p: pb.ItemPage) -> dict[str, Any]:
-    return {
-        "items": [item_json(i) for i in p.items],
-        "total": p.total,
-        "page": p.page,
-        "pages": p.pages,
-        "limit": p.limit,
-        "seq": p.seq,
-    }
-
-
-def stats_json(s: pb.Stats) -> dict[str, Any]:
-    return {
-        "total": s.total,
-        "active": s.active,
-        "completed": s.completed,
-        "avg_priority": s.avg_priority,
-    }
-
-
-def login_json(r: pb.LoginResponse) -> dict[str, Any]:
-    return {
-        "token": r.token,
-        "token_type": r.token_type,
-        "expires_at": rfc3339(r.expires_at),
-        "user": user_json(r.user),
-    }
-
-
-def upload_json(r: pb.UploadResult) -> dict[str, Any]:
-    return {"filename": r.filename, "url": r.url, "size": r.size, "content_type": r.content_type}
 
 
 def item_create_pb(c: ItemCreate) -> pb.ItemCreate:

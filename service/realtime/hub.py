@@ -20,9 +20,9 @@ from typing import NamedTuple
 
 import orjson
 
-from service.api.schemas import item_json, stats_json
 from service.metrics import DROPPED, SUBSCRIBERS
 from service.pb import duckcast_pb2 as pb
+from service.wire import event_json, item_json
 
 logger = logging.getLogger(__name__)
 
@@ -71,17 +71,6 @@ class EncodedEvent:
         if self._proto is None:
             self._proto = self.event.SerializeToString()
         return self._proto
-
-
-def event_json(ev: pb.DomainEvent) -> dict[str, object]:
-    has_item = ev.HasField("item") and ev.type != pb.RESET
-    return {
-        "type": pb.EventType.Name(ev.type),
-        "seq": ev.seq,
-        "item": item_json(ev.item) if has_item else None,
-        "deleted_id": ev.deleted_id,
-        "stats": stats_json(ev.stats) if ev.HasField("stats") else None,
-    }
 
 
 def reset_event(seq: int) -> EncodedEvent:

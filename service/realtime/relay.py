@@ -15,12 +15,12 @@ import logging
 from collections.abc import Coroutine
 from typing import Any
 
+from service.backplane import RESUBSCRIBED, Backplane
 from service.errors import DuckcastError
 from service.pb import duckcast_pb2 as pb
 from service.pb import store_pb2 as spb
-from service.realtime.backplane import RESUBSCRIBED, Backplane
 from service.realtime.hub import Hub
-from service.store.client import StoreClient
+from service.storeclient import StoreClient
 
 logger = logging.getLogger(__name__)
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 
 from service.realtime.hub import EncodedEvent, Subscription, reset_event
-from service.store.client import StoreClient
+from service.storeclient import StoreClient
 
 REPLAY_PAGE = 2000
 

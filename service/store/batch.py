@@ -20,8 +20,9 @@ from service.errors import Conflict, DuckcastError, Forbidden, Invalid, NotFound
 from service.pb import duckcast_pb2 as pb
 from service.pb import store_pb2 as spb
 from service.store.cache import ItemCache
-from service.store.rows import events_table, item_from_row, items_table, set_us, users_table
+from service.store.rows import events_table, item_from_row, items_table, users_table
 from service.store.schema import ITEM_COLUMNS
+from service.wire import set_us
 
 STATUSES = ("active", "completed")
 WriteOp = spb.CreateItems | spb.UpdateItem | spb.DeleteItem | spb.CreateUser

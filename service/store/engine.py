@@ -27,10 +27,10 @@ from service.store.batch import (
     check_fields,
 )
 from service.store.cache import ItemCache, PageCache
-from service.store.protocol import error_code
 from service.store.reads import PageReader, PointReader, ReadPool, select_events, select_user
 from service.store.schema import migrate
 from service.store.writer import GroupCommitWriter
+from service.storeclient.protocol import error_code
 
 logger = logging.getLogger(__name__)
 

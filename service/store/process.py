@@ -7,6 +7,7 @@ import logging
 import signal
 
 from service.config import Settings
+from service.metrics import observe_batch
 from service.store.engine import StoreEngine
 from service.store.server import StoreServer
 
@@ -25,8 +26,6 @@ def build_engine(settings: Settings) -> StoreEngine:
 
 
 async def run_store(settings: Settings, listen: str, metrics_port: int | None = None) -> None:
-    from service.metrics import observe_batch
-
     engine = build_engine(settings)
     await asyncio.to_thread(engine.open)
     engine.add_batch_observer(observe_batch)
@@ -36,8 +35,8 @@ async def run_store(settings: Settings, listen: str, metrics_port: int | None = 
         start_http_server(metrics_port)
     publisher = None
     if settings.redis_url:
-        from service.realtime.backplane import backplane_from_url
-        from service.realtime.publisher import OutboxPublisher
+        from service.backplane import backplane_from_url
+        from service.store.outbox import OutboxPublisher
 
         backplane = backplane_from_url(settings.redis_url)
         publisher = OutboxPublisher(engine, backplane, settings.data_dir / "published_seq")

@@ -8,6 +8,7 @@ from typing import Any
 import pyarrow as pa
 
 from service.pb import duckcast_pb2 as pb
+from service.wire import set_us, to_us
 
 ItemRow = tuple[int, str, str, str, int, int, int, int, int]
 
@@ -33,15 +34,6 @@ USER_SCHEMA = pa.schema(
         ("created_us", pa.int64()),
     ]
 )
-
-
-def set_us(ts: Any, us: int) -> None:
-    ts.seconds, micros = divmod(us, 1_000_000)
-    ts.nanos = micros * 1000
-
-
-def to_us(ts: Any) -> int:
-    return int(ts.seconds) * 1_000_000 + int(ts.nanos) // 1000
 
 
 def item_from_row(row: Sequence[Any]) -> pb.Item:

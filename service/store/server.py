@@ -18,21 +18,9 @@ from google.protobuf.message import DecodeError
 
 from service.pb import store_pb2 as spb
 from service.store.engine import StoreEngine
-from service.store.protocol import ProtocolError, encode_frame, read_frame
+from service.storeclient.protocol import ProtocolError, encode_frame, parse_address, read_frame
 
 logger = logging.getLogger(__name__)
-
-
-def parse_address(url: str) -> tuple[str, str | tuple[str, int]]:
-    """`unix:/path/to.sock` or `tcp:host:port`."""
-    scheme, _, rest = url.partition(":")
-    if scheme == "unix" and rest:
-        return "unix", rest
-    if scheme == "tcp":
-        host, _, port = rest.rpartition(":")
-        if host and port.isdigit():
-            return "tcp", (host.strip("[]"), int(port))
-    raise ValueError(f"store address must be unix:PATH or tcp:HOST:PORT, not {url!r}")
 
 
 class StoreServer:

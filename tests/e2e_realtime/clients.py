@@ -27,8 +27,8 @@ from websockets.client import ClientProtocol
 from websockets.frames import Frame, Opcode
 from websockets.uri import parse_uri
 
-from service.api.schemas import item_json
 from service.pb import duckcast_pb2 as pb
+from service.wire import item_json
 
 Transport = Literal["sse", "ws-json", "ws-pb"]
 PASSWORD = "correct horse"

@@ -24,11 +24,11 @@ from fastapi import FastAPI
 from websockets.asyncio.client import ClientConnection, connect
 
 from service.api.app import create_app
+from service.backplane.memory import MemoryBackplane
 from service.config import Settings
 from service.pb import duckcast_pb2 as pb
-from service.realtime.backplane.memory import MemoryBackplane
-from service.store.client import InProcessStoreClient
 from service.store.engine import StoreEngine
+from service.storeclient.inprocess import InProcessStoreClient
 from tests.conftest import free_port
 
 TIMEOUT = 10.0  # upper bound for anything a test waits for; never a fixed sleep

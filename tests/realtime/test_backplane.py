@@ -11,9 +11,9 @@ from dataclasses import dataclass, field
 import pytest
 from redis.exceptions import RedisError
 
-from service.realtime.backplane import RESUBSCRIBED, Backplane
-from service.realtime.backplane.memory import MemoryBackplane
-from service.realtime.backplane.redis import RedisBackplane
+from service.backplane import RESUBSCRIBED, Backplane
+from service.backplane.memory import MemoryBackplane
+from service.backplane.redis import RedisBackplane
 from tests.conftest import RedisServer
 from tests.realtime.conftest import TIMEOUT, until
 

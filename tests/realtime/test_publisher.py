@@ -13,13 +13,13 @@ from pathlib import Path
 import pytest
 import redis.asyncio as aioredis
 
+from service.backplane.redis import RedisBackplane
+from service.constants import EVENTS_CHANNEL
 from service.pb import duckcast_pb2 as pb
 from service.pb import store_pb2 as spb
-from service.realtime.backplane.redis import RedisBackplane
-from service.realtime.constants import EVENTS_CHANNEL
-from service.realtime.publisher import OutboxPublisher
-from service.store.client import InProcessStoreClient
 from service.store.engine import StoreEngine
+from service.store.outbox import OutboxPublisher
+from service.storeclient.inprocess import InProcessStoreClient
 from tests.conftest import RedisServer
 from tests.realtime.conftest import TIMEOUT, until
 

@@ -11,14 +11,14 @@ import asyncio
 import contextlib
 from collections.abc import AsyncIterator
 
+from service.backplane import Backplane
+from service.backplane.memory import MemoryBackplane
+from service.backplane.redis import RedisBackplane
 from service.pb import duckcast_pb2 as pb
 from service.pb import store_pb2 as spb
-from service.realtime.backplane import Backplane
-from service.realtime.backplane.memory import MemoryBackplane
-from service.realtime.backplane.redis import RedisBackplane
 from service.realtime.hub import Filters, Hub, Subscription
 from service.realtime.relay import EventRelay
-from service.store.client import InProcessStoreClient
+from service.storeclient.inprocess import InProcessStoreClient
 from tests.conftest import RedisServer
 from tests.realtime.conftest import TIMEOUT, until
 

@@ -13,9 +13,9 @@ from typing import Any
 import pytest
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
-from service.api.schemas import item_json, stats_json
 from service.config import Settings
 from service.pb import duckcast_pb2 as pb
+from service.wire import item_json, stats_json
 from tests.realtime.conftest import (
     Account,
     Live,

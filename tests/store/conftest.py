@@ -19,10 +19,10 @@ import pytest
 
 from service.pb import duckcast_pb2 as pb
 from service.pb import store_pb2 as spb
-from service.store.client import InProcessStoreClient
 from service.store.engine import StoreEngine
 from service.store.server import StoreServer
-from service.store.socket_client import SocketStoreClient
+from service.storeclient.inprocess import InProcessStoreClient
+from service.storeclient.socket import SocketStoreClient
 
 OpenEngine = Callable[..., StoreEngine]
 

@@ -10,7 +10,7 @@ import pytest
 from service.errors import NotFound
 from service.pb import duckcast_pb2 as pb
 from service.pb import store_pb2 as spb
-from service.store.client import InProcessStoreClient
+from service.storeclient.inprocess import InProcessStoreClient
 from tests.store.conftest import creates
 
 

@@ -11,8 +11,8 @@ import pytest
 from service.errors import Conflict, Forbidden, Invalid, NotFound
 from service.pb import duckcast_pb2 as pb
 from service.pb import store_pb2 as spb
-from service.store.client import InProcessStoreClient
 from service.store.engine import StoreEngine
+from service.storeclient.inprocess import InProcessStoreClient
 from tests.store.conftest import WriterGate, creates, settle, wait_until
 
 

@@ -16,11 +16,11 @@ import pytest
 from service.errors import Conflict, Forbidden, Invalid, NotFound, StoreTimeout, StoreUnavailable
 from service.pb import duckcast_pb2 as pb
 from service.pb import store_pb2 as spb
-from service.store.client import InProcessStoreClient
 from service.store.engine import StoreEngine
-from service.store.protocol import MAX_FRAME, encode_frame
 from service.store.server import StoreServer
-from service.store.socket_client import BACKOFF_MIN, SocketStoreClient
+from service.storeclient.inprocess import InProcessStoreClient
+from service.storeclient.protocol import MAX_FRAME, encode_frame
+from service.storeclient.socket import BACKOFF_MIN, SocketStoreClient
 from tests.store.conftest import Served, WriterGate, creates, wait_until
 
 

@@ -20,12 +20,12 @@ from starlette.types import Receive, Scope, Send
 
 from service.api.deps import stream_user_id
 from service.api.errors import error_response
-from service.api.negotiation import INT64_MAX, bounded_int
 from service.errors import DuckcastError, Invalid
 from service.metrics import DELIVERIES
 from service.realtime.hub import Filters, Hub, Subscription, SubscriptionClosed
 from service.realtime.stream import events_for
-from service.store.client import StoreClient
+from service.storeclient import StoreClient
+from service.wire import INT64_MAX, STATUSES, bounded_int
 
 router = APIRouter(tags=["events"])
 
@@ -64,7 +64,7 @@ def _int(name: str, value: str | None, low: int, high: int) -> int | None:
 
 def _filters(query: Mapping[str, str]) -> Filters:
     status = query.get("status")
-    if status not in (None, "active", "completed"):
+    if status is not None and status not in STATUSES:
         raise Invalid("status: must be 'active' or 'completed'")
     return Filters(_int("owner_id", query.get("owner_id"), 1, INT64_MAX), status)
 

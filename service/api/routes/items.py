@@ -7,7 +7,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from service.api.deps import CurrentUser, StoreDep
-from service.api.negotiation import INT64_MAX, documented, parse_body, render
+from service.api.negotiation import documented, parse_body, render
 from service.api.schemas import (
     BulkCreate,
     ItemCreate,
@@ -17,14 +17,11 @@ from service.api.schemas import (
     ItemUpdate,
     StatsOut,
     item_create_pb,
-    item_json,
-    item_list_json,
     item_update_pb,
-    page_json,
-    stats_json,
 )
 from service.pb import duckcast_pb2 as pb
 from service.pb import store_pb2 as spb
+from service.wire import INT64_MAX, item_json, item_list_json, page_json, stats_json
 
 router = APIRouter(prefix="/api", tags=["items"])
 

@@ -20,9 +20,10 @@ from starlette.responses import FileResponse, Response
 
 from service.api.deps import CurrentUser, SettingsDep
 from service.api.negotiation import BadRequest, render
-from service.api.schemas import UploadOut, upload_json
+from service.api.schemas import UploadOut
 from service.errors import NotFound, PayloadTooLarge
 from service.pb import duckcast_pb2 as pb
+from service.wire import upload_json
 
 router = APIRouter(tags=["uploads"])
 

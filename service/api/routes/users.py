@@ -9,10 +9,10 @@ from starlette.responses import Response
 from service.api.auth import hash_password, verify_password
 from service.api.deps import CurrentUser, SettingsDep, SignerDep, StoreDep
 from service.api.negotiation import documented, parse_body, render
-from service.api.schemas import Credentials, LoginIn, LoginOut, UserOut, login_json, user_json
+from service.api.schemas import Credentials, LoginIn, LoginOut, UserOut
 from service.errors import NotFound, Unauthorized
 from service.pb import duckcast_pb2 as pb
-from service.store.rows import set_us
+from service.wire import login_json, set_us, user_json
 
 router = APIRouter(prefix="/api", tags=["users"])
 

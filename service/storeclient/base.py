@@ -1,22 +1,20 @@
-"""The store client contract, and the in-process implementation used in embedded mode.
+"""The store client contract: typed calls over one `call(StoreRequest) -> StoreResponse`.
 
-Routes talk to a `StoreClient`; `connect_store(settings)` picks the implementation by the
-store URL (none: in-process engine; unix:/tcp: the socket client), and tests can inject one.
+Implementations: `socket.SocketStoreClient` (workers, one multiplexed connection to the store
+process) and `inprocess.InProcessStoreClient` (embedded mode). Errors raise DuckcastError.
 """
 
 from __future__ import annotations
 
 import abc
-import asyncio
 import time
 from collections.abc import Sequence
 
-from service.config import Settings
 from service.errors import StoreUnavailable
 from service.metrics import STORE_LATENCY, STORE_REQUESTS
 from service.pb import duckcast_pb2 as pb
 from service.pb import store_pb2 as spb
-from service.store.protocol import raise_for
+from service.storeclient.protocol import raise_for
 
 
 class StoreClient(abc.ABC):
@@ -88,36 +86,3 @@ class StoreClient(abc.ABC):
     async def events_since(self, after_seq: int, limit: int = 0) -> spb.EventBatch:
         op = spb.EventsSince(after_seq=after_seq, limit=limit)
         return (await self._ok(spb.StoreRequest(events_since=op))).events
-
-
-class InProcessStoreClient(StoreClient):
-    """Embedded mode: the engine runs in this process, on this event loop."""
-
-    def __init__(self, engine: object) -> None:
-        from service.store.engine import StoreEngine
-
-        assert isinstance(engine, StoreEngine)
-        self.engine = engine
-
-    async def start(self) -> None:
-        await asyncio.to_thread(self.engine.open)
-
-    async def close(self) -> None:
-        await asyncio.to_thread(self.engine.close)
-
-    async def call(self, req: spb.StoreRequest) -> spb.StoreResponse:
-        return await self.engine.handle(req)
-
-
-def connect_store(settings: Settings) -> StoreClient:
-    client: StoreClient
-    if settings.store_url is None:
-        from service.store.process import build_engine
-
-        client = InProcessStoreClient(build_engine(settings))
-    else:
-        from service.store.socket_client import SocketStoreClient
-
-        client = SocketStoreClient(settings.store_url, max_in_flight=settings.store_max_in_flight)
-    client.timeout = settings.store_timeout_seconds
-    return client

@@ -18,9 +18,8 @@ import time
 
 from service.errors import StoreTimeout, StoreUnavailable
 from service.pb import store_pb2 as spb
-from service.store.client import StoreClient
-from service.store.protocol import encode_frame, read_frame
-from service.store.server import parse_address
+from service.storeclient.base import StoreClient
+from service.storeclient.protocol import encode_frame, parse_address, read_frame
 
 logger = logging.getLogger(__name__)
 

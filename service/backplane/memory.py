@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 
-from service.realtime.backplane.base import RESUBSCRIBED, Backplane
+from service.backplane.base import RESUBSCRIBED, Backplane
 
 
 class MemoryBackplane(Backplane):

@@ -16,8 +16,8 @@ from collections.abc import AsyncIterator
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
-from service.realtime.backplane.base import RESUBSCRIBED, Backplane
-from service.realtime.constants import EVENTS_CHANNEL
+from service.backplane.base import RESUBSCRIBED, Backplane
+from service.constants import EVENTS_CHANNEL
 
 logger = logging.getLogger(__name__)
 

@@ -1,4 +1,4 @@
-"""Framing and error codes of the worker <-> store protocol.
+"""Addresses, framing and error codes of the worker <-> store protocol.
 
 A frame is a 4-byte big-endian length followed by one serialized StoreRequest/StoreResponse.
 """
@@ -46,3 +46,15 @@ def error_code(exc: errors.DuckcastError) -> spb.StoreError.Code.ValueType:
 
 def raise_for(err: spb.StoreError) -> None:
     raise _BY_CODE.get(err.code, errors.DuckcastError)(err.message or "store error")
+
+
+def parse_address(url: str) -> tuple[str, str | tuple[str, int]]:
+    """`unix:/path/to.sock` or `tcp:host:port`."""
+    scheme, _, rest = url.partition(":")
+    if scheme == "unix" and rest:
+        return "unix", rest
+    if scheme == "tcp":
+        host, _, port = rest.rpartition(":")
+        if host and port.isdigit():
+            return "tcp", (host.strip("[]"), int(port))
+    raise ValueError(f"store address must be unix:PATH or tcp:HOST:PORT, not {url!r}")

@@ -17,10 +17,10 @@ import os
 import time
 from pathlib import Path
 
+from service.backplane import Backplane
 from service.metrics import EVENTS_PUBLISHED
 from service.pb import duckcast_pb2 as pb
 from service.pb import store_pb2 as spb
-from service.realtime.backplane import Backplane
 from service.store.engine import StoreEngine
 
 logger = logging.getLogger(__name__)
