@@ -13,7 +13,7 @@ from fastapi import FastAPI
 from starlette.types import Receive, Scope, Send
 
 from service.api import errors, fastpath
-from service.api.auth import TokenSigner
+from service.api.auth import RevokedTokens, TokenSigner
 from service.api.middleware import BodyLimit, Metrics
 from service.api.routes import events, items, ops, uploads, users
 from service.backplane import Backplane, backplane_from_url
@@ -69,6 +69,7 @@ def create_app(
     app.state.store = store
     app.state.hub = hub
     app.state.signer = TokenSigner(settings.secret_key, settings.token_ttl_seconds)
+    app.state.revoked = RevokedTokens()
     readiness: dict[str, Callable[[], str | None]] = {
         "backplane": lambda: None if backplane.live else "subscription is not live",
         "events": lambda: None if relay.started.is_set() else "event relay not started",

@@ -38,7 +38,27 @@ def verify_password(password: str, password_hash: str | None) -> bool:
 class Token:
     value: str
     user_id: int
-    expires_at: int
+    expires_at: int  # unix seconds
+
+    @property
+    def id(self) -> str:
+        """Identifies this token (for revocation) without being usable as one."""
+        return self.value.rsplit(".", 1)[-1]
+
+
+class RevokedTokens:
+    """Ids of tokens ended before their expiry (logout), checked on every request without I/O.
+
+    Per worker for now: a revocation reaches only the worker that made it."""
+
+    def __init__(self) -> None:
+        self._expiry: dict[str, int] = {}
+
+    def add(self, token: Token) -> None:
+        self._expiry[token.id] = token.expires_at
+
+    def __contains__(self, token_id: object) -> bool:
+        return token_id in self._expiry
 
 
 class TokenSigner:
@@ -55,8 +75,8 @@ class TokenSigner:
         payload = f"v1.{user_id}.{expires}"
         return Token(f"{payload}.{self._sign(payload)}", user_id, expires)
 
-    def verify(self, value: str) -> int | None:
-        """The user id, or None for a forged, malformed or expired token."""
+    def verify(self, value: str) -> Token | None:
+        """The token, or None for a forged, malformed or expired one."""
         parts = value.split(".")
         if len(parts) != 4 or parts[0] != "v1" or len(value) > 200:
             return None
@@ -67,4 +87,4 @@ class TokenSigner:
             user_id, expires = int(parts[1]), int(parts[2])
         except ValueError:
             return None
-        return user_id if expires > time.time() else None
+        return Token(value, user_id, expires) if expires > time.time() else None

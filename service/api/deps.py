@@ -10,7 +10,7 @@ from typing import Annotated
 from fastapi import Depends
 from starlette.requests import HTTPConnection
 
-from service.api.auth import TokenSigner
+from service.api.auth import RevokedTokens, Token, TokenSigner
 from service.config import Settings
 from service.errors import Unauthorized
 from service.storeclient import StoreClient
@@ -46,28 +46,40 @@ def _token(conn: HTTPConnection, allow_query: bool) -> str | None:
     return None
 
 
-def user_id(conn: HTTPConnection, allow_query: bool) -> int:
-    token = _token(conn, allow_query)
-    if token is None:
+def session(conn: HTTPConnection, allow_query: bool) -> Token:
+    """The caller's valid session token; Unauthorized otherwise."""
+    value = _token(conn, allow_query)
+    if value is None:
         raise Unauthorized("not authenticated: send a bearer token or the session cookie")
-    signer: TokenSigner = conn.app.state.signer
-    verified = signer.verify(token)
-    if verified is None:
+    state = conn.app.state
+    signer: TokenSigner = state.signer
+    token = signer.verify(value)
+    revoked: RevokedTokens = state.revoked
+    if token is None or token.id in revoked:
         raise Unauthorized("invalid or expired token")
-    return verified
+    return token
+
+
+def user_id(conn: HTTPConnection, allow_query: bool) -> int:
+    return session(conn, allow_query).user_id
+
+
+async def current_session(conn: HTTPConnection) -> Token:
+    return session(conn, allow_query=False)
 
 
 async def current_user_id(conn: HTTPConnection) -> int:
     return user_id(conn, allow_query=False)
 
 
-def stream_user_id(conn: HTTPConnection) -> int:
-    """SSE and WebSocket clients cannot always set headers, so `?token=` is accepted too."""
-    return user_id(conn, allow_query=True)
+def stream_session(conn: HTTPConnection) -> Token:
+    """SSE and WebSocket clients cannot always set headers, so `?token=` is accepted too.
+    A stream must end when its token expires (`expires_at`) or is revoked (`revoked`)."""
+    return session(conn, allow_query=True)
 
 
 StoreDep = Annotated[StoreClient, Depends(get_store)]
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 SignerDep = Annotated[TokenSigner, Depends(get_signer)]
+CurrentSession = Annotated[Token, Depends(current_session)]
 CurrentUser = Annotated[int, Depends(current_user_id)]
-StreamUser = Annotated[int, Depends(stream_user_id)]

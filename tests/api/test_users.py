@@ -203,6 +203,21 @@ async def test_logout_clears_cookie(
     assert (await client.get("/api/me")).status_code == 401
 
 
+async def test_logout_revokes_the_bearer_token(
+    client: httpx.AsyncClient, make_user: MakeUser
+) -> None:
+    """After logout the token itself is dead, not only the cookie: a copy of it (a bearer
+    header, another tab) gets 401 from then on."""
+    await make_user("revoked")
+    r = await client.post("/api/login", json={"username": "revoked", "password": PASSWORD})
+    bearer = {"Authorization": f"Bearer {r.json()['token']}"}
+    client.cookies.clear()
+    assert (await client.get("/api/me", headers=bearer)).status_code == 200
+    assert (await client.post("/api/logout", headers=bearer)).status_code == 204
+    assert (await client.get("/api/me", headers=bearer)).status_code == 401
+    assert (await client.get("/api/items", headers=bearer)).status_code == 401
+
+
 async def test_logout_requires_session(client: httpx.AsyncClient) -> None:
     """API.md: every /api/* call other than register and login needs a bearer token or the
     session cookie (401 otherwise) -- logout included."""

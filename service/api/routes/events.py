@@ -18,7 +18,7 @@ from starlette.requests import HTTPConnection, Request
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
-from service.api.deps import stream_user_id
+from service.api.deps import stream_session
 from service.api.errors import error_response
 from service.errors import DuckcastError, Invalid
 from service.metrics import DELIVERIES
@@ -118,7 +118,7 @@ def _context(scope: Scope) -> tuple[Hub, StoreClient]:
 async def sse_stream(scope: Scope, receive: Receive, send: Send) -> None:
     request = Request(scope)
     try:
-        stream_user_id(request)
+        stream_session(request)
         query = request.query_params
         filters = _filters(query)
         resume = request.headers.get("last-event-id") or query.get("last_event_id")
@@ -167,7 +167,7 @@ async def ws_stream(scope: Scope, receive: Receive, send: Send) -> None:
     await send({"type": "websocket.accept"})
     conn = HTTPConnection(scope)
     try:
-        stream_user_id(conn)
+        stream_session(conn)
     except DuckcastError:
         # Accepted first: a browser sees close codes, never the status of a refused handshake.
         await send(

@@ -7,7 +7,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from service.api.auth import hash_password, verify_password
-from service.api.deps import CurrentUser, SettingsDep, SignerDep, StoreDep
+from service.api.deps import CurrentSession, CurrentUser, SettingsDep, SignerDep, StoreDep
 from service.api.negotiation import documented, parse_body, render
 from service.api.schemas import Credentials, LoginIn, LoginOut, UserOut
 from service.errors import NotFound, Unauthorized
@@ -56,7 +56,8 @@ async def login(
 
 
 @router.post("/logout", status_code=204)
-async def logout(_: CurrentUser, settings: SettingsDep) -> Response:
+async def logout(request: Request, session: CurrentSession, settings: SettingsDep) -> Response:
+    request.app.state.revoked.add(session)
     response = Response(status_code=204)
     response.delete_cookie(
         settings.cookie_name, path="/", httponly=True, samesite="lax", secure=settings.cookie_secure
