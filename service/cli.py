@@ -1,4 +1,5 @@
-"""`duckcast serve` and `duckcast store`."""
+"""duckcast: run the service (serve, store) or use one (register, login, logout, items, stats,
+watch: service.client.cli)."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from service.client.cli import add_commands as add_client_commands
 from service.config import Settings
 
 
@@ -85,6 +87,8 @@ def build_parser() -> argparse.ArgumentParser:
     store.add_argument("--data-dir", type=Path, help="data directory (DUCKCAST_DATA_DIR, ./data)")
     store.add_argument("--metrics-port", type=int, help="serve Prometheus metrics on this port")
     store.set_defaults(func=cmd_store)
+
+    add_client_commands(sub)
     return parser
 
 

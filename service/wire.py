@@ -7,6 +7,8 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
+from google.protobuf.message import Message
+
 from service.pb import duckcast_pb2 as pb
 
 STATUSES = ("active", "completed")
@@ -109,3 +111,19 @@ def event_json(ev: pb.DomainEvent) -> dict[str, object]:
         "deleted_id": ev.deleted_id,
         "stats": stats_json(ev.stats) if ev.HasField("stats") else None,
     }
+
+
+# -- protobuf -> plain values, generically (request bodies: small, off the read path) --------
+
+
+def proto_fields(msg: Message) -> dict[str, Any]:
+    """The fields a protobuf message sets, as plain values (nested messages as dicts)."""
+    out: dict[str, Any] = {}
+    for field, value in msg.ListFields():
+        if field.message_type is None:
+            out[field.name] = list(value) if field.is_repeated else value
+        elif field.is_repeated:
+            out[field.name] = [proto_fields(v) for v in value]
+        else:
+            out[field.name] = proto_fields(value)
+    return out

@@ -36,6 +36,7 @@ ALLOWED: dict[str, set[str]] = {
     "service.store": {"service.storeclient.protocol", "service.backplane"},
     "service.storeclient": {"service.backplane"},
     "service.backplane": set(),
+    "service.client": set(),
 }
 for core in CORE:
     ALLOWED.setdefault(core, set())

@@ -12,8 +12,10 @@ from pydantic import BaseModel, ValidationError
 from starlette.requests import Request
 from starlette.responses import Response
 
+from service.api.schemas import Mirrored
 from service.errors import Invalid, UnsupportedMediaType
 from service.pb import duckcast_pb2 as pb
+from service.wire import proto_fields
 
 JSON = "application/json"
 PROTOBUF = "application/protobuf"  # RFC 9996
@@ -85,19 +87,6 @@ async def parse_body(request: Request, model: type[M], message: type[Message]) -
         raise Invalid(validation_message(exc)) from None
 
 
-def proto_fields(msg: Message) -> dict[str, Any]:
-    """The fields a protobuf message sets, as plain values (nested messages as dicts)."""
-    out: dict[str, Any] = {}
-    for field, value in msg.ListFields():
-        if field.message_type is None:
-            out[field.name] = value
-        elif field.is_repeated:
-            out[field.name] = [proto_fields(v) for v in value]
-        else:
-            out[field.name] = proto_fields(value)
-    return out
-
-
 def validation_message(exc: ValidationError) -> str:
     parts = []
     for err in exc.errors()[:5]:
@@ -106,15 +95,30 @@ def validation_message(exc: ValidationError) -> str:
     return "; ".join(parts)
 
 
+def protobuf_media(model: type[Mirrored]) -> dict[str, Any]:
+    """The OpenAPI media type entry of a protobuf body: which message of protos/ it is."""
+    name = model.protobuf_message.DESCRIPTOR.full_name
+    return {
+        "schema": {
+            "type": "string",
+            "format": "binary",
+            "description": f"a serialized `{name}` (GET /protos/duckcast.proto)",
+        },
+        "x-protobuf-message": name,
+    }
+
+
 def documented(
-    request_model: type[BaseModel] | None = None,
-    response_model: type[BaseModel] | None = None,
+    request_model: type[Mirrored] | None = None,
+    response_model: type[Mirrored] | None = None,
     status: int = 200,
 ) -> dict[str, Any]:
-    """Route kwargs that make OpenAPI list both JSON and protobuf for body and response."""
-    binary = {"schema": {"type": "string", "format": "binary"}}
+    """Route kwargs that make OpenAPI list both JSON and protobuf for body and response,
+    naming the protobuf message of each (`x-protobuf-message`, from the model's
+    `protobuf_message`)."""
     kwargs: dict[str, Any] = {"status_code": status}
     if response_model is not None:
+        binary = protobuf_media(response_model)
         kwargs["responses"] = {
             status: {
                 "model": response_model,
@@ -122,6 +126,7 @@ def documented(
             }
         }
     if request_model is not None:
+        binary = protobuf_media(request_model)
         kwargs["openapi_extra"] = {
             "requestBody": {
                 "required": True,

@@ -1,12 +1,14 @@
 """JSON shapes: pydantic models validate request bodies (JSON, and protobuf after decoding,
 so both formats obey the same rules) and document responses. The converters that serialise
-answers live in service.wire. Field names mirror protos/."""
+answers live in service.wire. Field names mirror protos/; each model names the message it
+mirrors (`protobuf_message`, listed in OpenAPI as `x-protobuf-message`)."""
 
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Annotated, Literal
+from typing import Annotated, ClassVar, Literal
 
+from google.protobuf.message import Message
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from service.pb import duckcast_pb2 as pb
@@ -17,22 +19,31 @@ Status = Literal["active", "completed"]  # service.wire.STATUSES
 Priority = Annotated[int, Field(ge=0, le=100)]
 
 
-class Strict(BaseModel):
+class Mirrored(BaseModel):
+    """A JSON shape that mirrors a protobuf message of protos/duckcast.proto."""
+
+    protobuf_message: ClassVar[type[Message]]
+
+
+class Strict(Mirrored):
     model_config = ConfigDict(strict=True, extra="forbid")
 
 
 class Credentials(Strict):
+    protobuf_message: ClassVar[type[Message]] = pb.RegisterRequest
     username: Annotated[str, Field(min_length=3, max_length=32, pattern=r"^[A-Za-z0-9_.-]+$")]
     password: Annotated[str, Field(min_length=8, max_length=128)]
 
 
 class LoginIn(Strict):
+    protobuf_message: ClassVar[type[Message]] = pb.LoginRequest
     # No format rules at login: a wrong name is just a failed login (one 401 for all).
     username: Annotated[str, Field(max_length=200)]
     password: Annotated[str, Field(max_length=1024)]
 
 
 class ItemCreate(Strict):
+    protobuf_message: ClassVar[type[Message]] = pb.ItemCreate
     title: Title
     description: Description = ""
     status: Status = "active"
@@ -40,6 +51,7 @@ class ItemCreate(Strict):
 
 
 class ItemUpdate(Strict):
+    protobuf_message: ClassVar[type[Message]] = pb.ItemUpdate
     title: Title | None = None
     description: Description | None = None
     status: Status | None = None
@@ -56,26 +68,30 @@ class ItemUpdate(Strict):
 
 
 class BulkCreate(Strict):
+    protobuf_message: ClassVar[type[Message]] = pb.BulkCreateRequest
     items: Annotated[list[ItemCreate], Field(min_length=1, max_length=1000)]
 
 
 # -- response documentation (serialisation itself is done by the converters below) ---------
 
 
-class UserOut(BaseModel):
+class UserOut(Mirrored):
+    protobuf_message: ClassVar[type[Message]] = pb.User
     id: int
     username: str
     created_at: datetime
 
 
-class LoginOut(BaseModel):
+class LoginOut(Mirrored):
+    protobuf_message: ClassVar[type[Message]] = pb.LoginResponse
     token: str
     token_type: Literal["bearer"]
     expires_at: datetime
     user: UserOut
 
 
-class ItemOut(BaseModel):
+class ItemOut(Mirrored):
+    protobuf_message: ClassVar[type[Message]] = pb.Item
     id: int
     title: str
     description: str
@@ -87,11 +103,13 @@ class ItemOut(BaseModel):
     version: int
 
 
-class ItemListOut(BaseModel):
+class ItemListOut(Mirrored):
+    protobuf_message: ClassVar[type[Message]] = pb.ItemList
     items: list[ItemOut]
 
 
-class ItemPageOut(BaseModel):
+class ItemPageOut(Mirrored):
+    protobuf_message: ClassVar[type[Message]] = pb.ItemPage
     items: list[ItemOut]
     total: int
     page: int
@@ -100,21 +118,24 @@ class ItemPageOut(BaseModel):
     seq: int
 
 
-class StatsOut(BaseModel):
+class StatsOut(Mirrored):
+    protobuf_message: ClassVar[type[Message]] = pb.Stats
     total: int
     active: int
     completed: int
     avg_priority: float
 
 
-class UploadOut(BaseModel):
+class UploadOut(Mirrored):
+    protobuf_message: ClassVar[type[Message]] = pb.UploadResult
     filename: str
     url: str
     size: int
     content_type: str
 
 
-class ErrorOut(BaseModel):
+class ErrorOut(Mirrored):
+    protobuf_message: ClassVar[type[Message]] = pb.Error
     detail: str
 
 

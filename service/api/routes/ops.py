@@ -1,7 +1,6 @@
 from __future__ import annotations
 
 import asyncio
-import re
 from pathlib import Path
 
 from fastapi import APIRouter
@@ -15,6 +14,8 @@ from service.paths import repo_dir
 router = APIRouter(tags=["operations"])
 
 STATIC = Path(__file__).resolve().parents[1] / "static"
+# The public schema only: store.proto is the internal worker <-> store protocol.
+PUBLIC_PROTOS = frozenset({"duckcast"})
 
 
 @router.get("/healthz")
@@ -55,7 +56,7 @@ async def index() -> Response:
 
 @router.get("/protos/{name}.proto", include_in_schema=False)
 async def proto_file(name: str) -> Response:
-    path = repo_dir("protos") / f"{name}.proto"
-    if not re.fullmatch(r"[a-z_]+", name) or not path.is_file():
+    if name not in PUBLIC_PROTOS:
         raise NotFound(f"no schema named {name}.proto")
+    path = repo_dir("protos") / f"{name}.proto"
     return FileResponse(path, media_type="text/plain; charset=utf-8")

@@ -19,7 +19,7 @@ from starlette.requests import Request
 from starlette.responses import FileResponse, Response
 
 from service.api.deps import CurrentUser, SettingsDep
-from service.api.negotiation import BadRequest, render
+from service.api.negotiation import BadRequest, documented, render
 from service.api.schemas import UploadOut
 from service.errors import NotFound, PayloadTooLarge
 from service.pb import duckcast_pb2 as pb
@@ -45,8 +45,7 @@ def _save(upload: UploadFile, dest: Path) -> None:
 
 @router.post(
     "/api/upload",
-    status_code=201,
-    responses={201: {"model": UploadOut}},
+    **documented(response_model=UploadOut, status=201),
     openapi_extra={
         "requestBody": {
             "required": True,
