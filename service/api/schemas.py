@@ -134,8 +134,7 @@ class UploadOut(Mirrored):
     content_type: str
 
 
-class ErrorOut(Mirrored):
-    protobuf_message: ClassVar[type[Message]] = pb.Error
+class ErrorOut(BaseModel):  # protobuf: `Error {code, message}`, not a mirror
     detail: str
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import httpx
 
 from service.paths import repo_dir
+from service.pb import duckcast_pb2 as pb
 from tests.api.conftest import Account
 from tests.api.wire import JSON, PROTOBUF, X_PROTOBUF, error_message
 
@@ -55,10 +56,73 @@ async def test_proto_schema_served(client: httpx.AsyncClient) -> None:
     assert r.headers["content-type"].startswith("text/plain")
     assert r.text == (repo_dir("protos") / "duckcast.proto").read_text()
     assert "message Item {" in r.text
-    for name in ("nosuch", "Duckcast", "..%2Fpyproject", "duckcast.proto%00", "%2e%2e"):
+    for name in ("nosuch", "Duckcast", "..%2Fpyproject", "duckcast.proto%00", "%2e%2e", "store"):
         missing = await client.get(f"/protos/{name}.proto")
         assert missing.status_code == 404, (name, missing.status_code)
         error_message(missing)
+
+
+async def test_the_internal_schema_is_not_served(client: httpx.AsyncClient) -> None:
+    """store.proto (the worker <-> store protocol) sits beside duckcast.proto in protos/ but
+    is not public: 404 like a name that does not exist."""
+    assert (repo_dir("protos") / "store.proto").is_file()
+    r = await client.get("/protos/store.proto")
+    assert r.status_code == 404
+    assert "StoreRequest" not in r.text
+
+
+# Every body OpenAPI lists in protobuf, and the message it must name.
+PROTOBUF_BODIES = {
+    ("/api/register", "post", "request"): "RegisterRequest",
+    ("/api/register", "post", "201"): "User",
+    ("/api/login", "post", "request"): "LoginRequest",
+    ("/api/login", "post", "200"): "LoginResponse",
+    ("/api/me", "get", "200"): "User",
+    ("/api/items", "get", "200"): "ItemPage",
+    ("/api/items", "post", "request"): "ItemCreate",
+    ("/api/items", "post", "201"): "Item",
+    ("/api/items/bulk", "post", "request"): "BulkCreateRequest",
+    ("/api/items/bulk", "post", "201"): "ItemList",
+    ("/api/items/{item_id}", "get", "200"): "Item",
+    ("/api/items/{item_id}", "put", "request"): "ItemUpdate",
+    ("/api/items/{item_id}", "put", "200"): "Item",
+    ("/api/items/{item_id}", "patch", "request"): "ItemUpdate",
+    ("/api/items/{item_id}", "patch", "200"): "Item",
+    ("/api/stats", "get", "200"): "Stats",
+    ("/api/upload", "post", "201"): "UploadResult",
+}
+
+
+async def test_openapi_names_the_protobuf_message_of_every_body(
+    client: httpx.AsyncClient,
+) -> None:
+    """Every request and response body that OpenAPI offers in JSON and protobuf names its
+    protobuf message (`x-protobuf-message`, in both protobuf media types): the message of the
+    public schema whose fields are exactly the properties of the JSON body."""
+    spec = (await client.get("/openapi.json")).json()
+    schemas = spec["components"]["schemas"]
+    found = {}
+    for path, methods in spec["paths"].items():
+        for method, op in methods.items():
+            bodies = {"request": op.get("requestBody", {})} | op.get("responses", {})
+            for where, body in bodies.items():
+                content = body.get("content", {})
+                if JSON not in content or not ({PROTOBUF, X_PROTOBUF} & set(content)):
+                    continue
+                names = {
+                    content[media].get("x-protobuf-message") for media in (PROTOBUF, X_PROTOBUF)
+                }
+                assert len(names) == 1 and None not in names, (path, method, where, names)
+                name = names.pop()
+                package, _, short = name.rpartition(".")
+                assert package == pb.DESCRIPTOR.package, name
+                fields = {f.name for f in pb.DESCRIPTOR.message_types_by_name[short].fields}
+                schema = content[JSON]["schema"]
+                if "$ref" in schema:
+                    schema = schemas[schema["$ref"].rsplit("/", 1)[1]]
+                assert set(schema["properties"]) == fields, (path, method, where)
+                found[(path, method, where)] = short
+    assert found == PROTOBUF_BODIES
 
 
 async def test_openapi_lists_json_and_protobuf(client: httpx.AsyncClient) -> None:
