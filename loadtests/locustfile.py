@@ -1,30 +1,46 @@
-"""Locust load profile for Duckcast, for ops teams: a realistic mix of reads and writes.
+"""Locust load profile for Duckcast, for ops teams: CRUD in JSON and in protobuf while SSE and
+WebSocket subscribers hold change streams, all at once (the mixed scenario).
 
-    locust -f loadtests/locustfile.py --host http://127.0.0.1:8000 --headless -u 50 -r 10 -t 1m
+    python -m loadtests.locust_run --host http://127.0.0.1:8000 --seconds 30 --out results/
+    locust -f loadtests/locustfile.py --host http://127.0.0.1:8000 --headless -u 16 -r 16 -t 1m
 
-Each simulated user registers its own account (a unique name), logs in for a bearer token,
-creates a few items, then loops over a weighted mix: list pages, read items by id, create,
-update and delete its own items, and read the stats. Two user classes share the load half and
-half: `JsonUser` speaks JSON, `ProtobufUser` speaks protobuf (`application/protobuf` for bodies
-and answers). Pick one by naming it at the end of the command line, e.g. `... -t 1m JsonUser`.
+(from the repository root; the first writes CSV and HTML reports, see loadtests/README.md).
 
-Only the owner may change an item, so updates and deletes target the user's own items; reads go
-to any item a list page showed. An item another user deleted in the meantime answers 404, which
-counts as success for reads. Every other non-2xx answer is a failure.
+Accounts are made once, before any user starts (`--duckcast-accounts`, default 8: register and
+log in, concurrently), and users share their tokens round-robin: password hashing is slow on
+purpose, and a run should measure the API, not argon2.
 
-Registration and login hash passwords with argon2 on purpose (slow): ramp up with a modest
-spawn rate (-r) so the first seconds measure the API, not the password hash.
+- `JsonUser` / `ProtobufUser` (weight 3 each): create three items, then loop over a weighted
+  mix: list 4, get 4, create 2, update 1, delete 1, stats 1. Only the owner may change an
+  item, so updates and deletes target the user's own items; reads go to any item a list page
+  showed (404 for one deleted meanwhile counts as success). Any other non-2xx is a failure.
+  Request names carry the format: `/api/items [protobuf]`.
+- `SseSubscriber` / `WebSocketSubscriber` (weight 1 each): hold one unfiltered stream from the
+  seq of a list page, and reconnect with `Last-Event-ID` / `?since=` whenever it ends. Every
+  event must have the next seq: a gap, a duplicate or an older seq is a failure (`seq gap`,
+  `seq repeated`), and so is a `reset`. Each change is reported as a request named after its
+  type (`item_created`...) whose response time is the commit-to-receipt latency: receipt time
+  minus the item's `updated_at`, stamped by the store just before its commit (deletes carry
+  no commit time and are counted with time 0). The clocks of the load generator and the
+  server must agree: run both on one host, or on NTP-synced hosts.
 """
 
 from __future__ import annotations
 
+import itertools
 import json
 import random
-import uuid
+import time
+from dataclasses import dataclass
 from typing import Any
+from urllib.parse import urlencode
 
-from locust import HttpUser, between, task
-from locust.exception import StopUser
+import gevent
+import requests
+import websocket
+from gevent.pool import Pool
+from locust import HttpUser, User, between, constant, events, task
+from locust.env import Environment
 
 from service.pb import duckcast_pb2 as pb
 
@@ -32,53 +48,82 @@ JSON = "application/json"
 PROTOBUF = "application/protobuf"
 PASSWORD = "locust-password-1"
 KNOWN_IDS_MAX = 500  # ids seen in list pages, kept per user for reads
+STREAM_TIMEOUT = 65.0  # the server sends a keep-alive at least every 30 s
 
 
-class _DuckcastUser(HttpUser):
+# -- accounts, made once per run --------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Account:
+    username: str
+    token: str
+
+    @property
+    def auth(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.token}"}
+
+
+ACCOUNTS: list[Account] = []
+_next_account = itertools.count()
+
+
+def account() -> Account:
+    if not ACCOUNTS:
+        raise RuntimeError("no accounts: the test_start hook did not run or failed")
+    return ACCOUNTS[next(_next_account) % len(ACCOUNTS)]
+
+
+@events.init_command_line_parser.add_listener
+def _options(parser: Any) -> None:
+    parser.add_argument(
+        "--duckcast-accounts",
+        type=int,
+        default=8,
+        help="accounts registered before the run and shared by the users",
+    )
+
+
+@events.test_start.add_listener
+def _make_accounts(environment: Environment, **_: Any) -> None:
+    if ACCOUNTS or environment.host is None:
+        return
+    options = environment.parsed_options
+    count = max(1, options.duckcast_accounts if options is not None else 8)
+    run = f"{random.randrange(16**8):08x}"
+
+    def make(n: int) -> Account:
+        creds = {"username": f"lc_{run}_{n}", "password": PASSWORD}
+        with requests.Session() as http:
+            r = http.post(f"{environment.host}/api/register", json=creds, timeout=60)
+            r.raise_for_status()
+            r = http.post(f"{environment.host}/api/login", json=creds, timeout=60)
+            r.raise_for_status()
+            return Account(creds["username"], r.json()["token"])
+
+    ACCOUNTS.extend(Pool(count).map(make, range(count)))
+
+
+# -- CRUD users -------------------------------------------------------------------------------
+
+
+class _CrudUser(HttpUser):
     """Shared flow; subclasses say how bodies are encoded and answers decoded."""
 
     abstract = True
+    weight = 3
     wait_time = between(0.05, 0.5)
     media = JSON
+    label = "json"
 
     def on_start(self) -> None:
         self.mine: list[int] = []
         self.seen: list[int] = []
-        self.username = f"lc_{uuid.uuid4().hex[:24]}"
-        self.headers = {"Accept": self.media}
-        creds = {"username": self.username, "password": PASSWORD}
-        with self.client.post(
-            "/api/register",
-            data=self.encode_credentials(creds, register=True),
-            headers={**self.headers, "Content-Type": self.media},
-            name="/api/register",
-            catch_response=True,
-        ) as r:
-            if r.status_code != 201:
-                r.failure(f"register: {r.status_code} {r.text[:200]}")
-                raise StopUser
-        with self.client.post(
-            "/api/login",
-            data=self.encode_credentials(creds, register=False),
-            headers={**self.headers, "Content-Type": self.media},
-            name="/api/login",
-            catch_response=True,
-        ) as r:
-            if r.status_code != 200:
-                r.failure(f"login: {r.status_code} {r.text[:200]}")
-                raise StopUser
-            token = self.decode_token(r.content)
-        self.headers["Authorization"] = f"Bearer {token}"
+        self.headers = {"Accept": self.media, **account().auth}
         for _ in range(3):
             self.create()
 
     # -- encoding, per subclass --------------------------------------------------------------
-
-    def encode_credentials(self, creds: dict[str, str], register: bool) -> bytes:
-        raise NotImplementedError
-
-    def decode_token(self, body: bytes) -> str:
-        raise NotImplementedError
 
     def encode_create(self, fields: dict[str, Any]) -> bytes:
         raise NotImplementedError
@@ -96,6 +141,7 @@ class _DuckcastUser(HttpUser):
 
     def _send(self, method: str, path: str, name: str, ok: tuple[int, ...], **kw: Any) -> Any:
         headers = {**self.headers, **kw.pop("headers", {})}
+        name = f"{name} [{self.label}]"
         with self.client.request(
             method, path, name=name, headers=headers, catch_response=True, **kw
         ) as r:
@@ -154,7 +200,7 @@ class _DuckcastUser(HttpUser):
         self._send(
             "PATCH",
             f"/api/items/{random.choice(self.mine)}",
-            "/api/items/[id] PATCH",
+            "/api/items/[id]",
             (200,),
             data=self.encode_update(fields),
             headers={"Content-Type": self.media},
@@ -166,21 +212,16 @@ class _DuckcastUser(HttpUser):
             self.create()
             return
         item_id = self.mine.pop(random.randrange(len(self.mine)))
-        self._send("DELETE", f"/api/items/{item_id}", "/api/items/[id] DELETE", (204,))
+        self._send("DELETE", f"/api/items/{item_id}", "/api/items/[id]", (204,))
 
     @task(1)
     def stats(self) -> None:
         self._send("GET", "/api/stats", "/api/stats", (200,))
 
 
-class JsonUser(_DuckcastUser):
+class JsonUser(_CrudUser):
     media = JSON
-
-    def encode_credentials(self, creds: dict[str, str], register: bool) -> bytes:
-        return json.dumps(creds).encode()
-
-    def decode_token(self, body: bytes) -> str:
-        return str(json.loads(body)["token"])
+    label = "json"
 
     def encode_create(self, fields: dict[str, Any]) -> bytes:
         return json.dumps(fields).encode()
@@ -195,15 +236,9 @@ class JsonUser(_DuckcastUser):
         return [int(item["id"]) for item in json.loads(body)["items"]]
 
 
-class ProtobufUser(_DuckcastUser):
+class ProtobufUser(_CrudUser):
     media = PROTOBUF
-
-    def encode_credentials(self, creds: dict[str, str], register: bool) -> bytes:
-        message = pb.RegisterRequest(**creds) if register else pb.LoginRequest(**creds)
-        return message.SerializeToString()
-
-    def decode_token(self, body: bytes) -> str:
-        return pb.LoginResponse.FromString(body).token
+    label = "protobuf"
 
     def encode_create(self, fields: dict[str, Any]) -> bytes:
         return pb.ItemCreate(**fields).SerializeToString()
@@ -216,3 +251,174 @@ class ProtobufUser(_DuckcastUser):
 
     def decode_page_ids(self, body: bytes) -> list[int]:
         return [int(item.id) for item in pb.ItemPage.FromString(body).items]
+
+
+# -- stream subscribers ------------------------------------------------------------------------
+
+EVENT_NAMES = {pb.CREATED: "item_created", pb.UPDATED: "item_updated", pb.DELETED: "item_deleted"}
+
+
+class StreamEnded(Exception):
+    """The server ended this connection (a reason to resume, not a failure)."""
+
+
+class _Subscriber(User):
+    """Holds one change stream, resumed from its last seq whenever it ends; checks that seqs
+    come one by one and reports every change with its commit-to-receipt latency."""
+
+    abstract = True
+    weight = 1
+    wait_time = constant(0)
+    kind = "SSE"
+
+    def on_start(self) -> None:
+        self.account = account()
+        self.last: int | None = None  # the last seq received
+        self.conn: Any = None
+        self.started = time.monotonic()
+
+    def on_stop(self) -> None:
+        self.disconnect()
+
+    @task
+    def hold_stream(self) -> None:
+        if self.last is None:
+            self.last = self.page_seq()
+            if self.last is None:
+                return
+        try:
+            self.stream()
+        except StreamEnded as ended:  # the server's choice (1012, 4008, overflow): resume
+            self.report("reconnect", 0.0, 0, note=str(ended))
+        except Exception as exc:  # a connection that failed: a failure, then resume
+            self.report("stream error", 0.0, 0, exc)
+            gevent.sleep(0.1)
+        finally:
+            self.disconnect()
+
+    def page_seq(self) -> int | None:
+        """The seq of a list page: the stream starts right after what the page reflects."""
+        started = time.perf_counter()
+        try:
+            r = requests.get(
+                f"{self.host}/api/items",
+                params={"limit": 1},
+                headers=self.account.auth,
+                timeout=30,
+            )
+            r.raise_for_status()
+            seq = int(r.json()["seq"])
+        except Exception as exc:
+            self.report("start seq", time.perf_counter() - started, 0, exc)
+            gevent.sleep(1)
+            return None
+        self.report("start seq", time.perf_counter() - started, len(r.content))
+        return seq
+
+    def stream(self) -> None:
+        raise NotImplementedError
+
+    def disconnect(self) -> None:
+        if self.conn is not None:
+            conn, self.conn = self.conn, None
+            conn.close()
+
+    def report(
+        self, name: str, seconds: float, size: int, exc: Exception | None = None, note: str = ""
+    ) -> None:
+        self.environment.events.request.fire(
+            request_type=self.kind,
+            name=name,
+            response_time=max(seconds, 0.0) * 1000,
+            response_length=size,
+            exception=exc,
+            context={"note": note} if note else {},
+        )
+
+    def received(self, event: pb.DomainEvent, size: int) -> None:
+        """One event off the wire: continuity check, then latency."""
+        assert self.last is not None
+        if event.type == pb.RESET:
+            self.report("reset", 0.0, size, AssertionError(f"reset to {event.seq}"))
+            self.last = event.seq
+            return
+        expected = self.last + 1
+        if event.seq != expected:
+            what = "seq gap" if event.seq > expected else "seq repeated"
+            self.report(what, 0.0, size, AssertionError(f"got {event.seq}, expected {expected}"))
+            if event.seq <= self.last:
+                return
+        self.last = event.seq
+        name = EVENT_NAMES.get(event.type, f"type {event.type}")
+        if event.type == pb.DELETED:
+            self.report(name, 0.0, size)
+            return
+        stamp = event.item.updated_at
+        committed = stamp.seconds + stamp.nanos / 1e9
+        self.report(name, time.time() - committed, size)
+
+
+class SseSubscriber(_Subscriber):
+    kind = "SSE"
+
+    def stream(self) -> None:
+        assert self.last is not None
+        started = time.perf_counter()
+        headers = {**self.account.auth, "Last-Event-ID": str(self.last)}
+        r = requests.get(
+            f"{self.host}/api/events", headers=headers, stream=True, timeout=STREAM_TIMEOUT
+        )
+        self.conn = r
+        if r.status_code != 200:
+            self.report("connect", time.perf_counter() - started, 0, RuntimeError(r.status_code))
+            gevent.sleep(1)
+            return
+        self.report("connect", time.perf_counter() - started, 0)
+        buffer = b""
+        for chunk in r.iter_content(chunk_size=None):  # None: as the bytes arrive
+            buffer += chunk
+            while b"\n\n" in buffer:
+                block, buffer = buffer.split(b"\n\n", 1)
+                self.sse_block(block.decode())
+        raise StreamEnded("end of stream")
+
+    def sse_block(self, block: str) -> None:
+        fields: dict[str, str] = {}
+        for line in block.split("\n"):
+            if line and not line.startswith(":"):
+                key, _, value = line.partition(":")
+                fields[key] = value.removeprefix(" ")
+        name, data = fields.get("event", "message"), fields.get("data", "")
+        if name == "overflow":
+            raise StreamEnded("overflow")
+        if name == "reset":
+            self.received(pb.DomainEvent(type=pb.RESET, seq=int(fields["id"])), len(block))
+        elif name in ("item_created", "item_updated", "item_deleted"):
+            body = json.loads(data)
+            event = pb.DomainEvent(seq=int(fields["id"]))
+            if name == "item_deleted":
+                event.type, event.deleted_id = pb.DELETED, int(body["id"])
+            else:
+                event.type = pb.CREATED if name == "item_created" else pb.UPDATED
+                stamp = body["updated_at"]
+                event.item.updated_at.FromJsonString(stamp)
+            self.received(event, len(block))
+
+
+class WebSocketSubscriber(_Subscriber):
+    kind = "WS"
+
+    def stream(self) -> None:
+        assert self.host is not None and self.last is not None
+        url = "ws" + self.host.removeprefix("http") + "/ws/items?" + urlencode({"since": self.last})
+        started = time.perf_counter()
+        self.conn = websocket.create_connection(
+            url, timeout=STREAM_TIMEOUT, header=[f"Authorization: Bearer {self.account.token}"]
+        )
+        self.report("connect", time.perf_counter() - started, 0)
+        while True:
+            opcode, data = self.conn.recv_data(control_frame=False)
+            if opcode == websocket.ABNF.OPCODE_CLOSE:
+                code = int.from_bytes(data[:2], "big") if len(data) >= 2 else 1005
+                raise StreamEnded(f"closed {code} {data[2:].decode(errors='replace')}")
+            self.received(pb.DomainEvent.FromString(data), len(data))
