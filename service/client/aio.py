@@ -13,22 +13,19 @@ from typing import Any, TypeVar
 import httpx
 from httpx_sse import EventSource, SSEError
 from websockets.asyncio.client import connect as ws_connect
-from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
+from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from service.client.base import ClientBase
-from service.client.calls import Answer, Call, Status
+from service.client.calls import Answer, Call, PageWalk, Status
 from service.client.errors import ProtocolError
 from service.client.retry import Attempts
 from service.client.stream import (
-    SSE_PATH,
-    SSE_READ_TIMEOUT,
-    Disconnected,
+    DISCONNECTS,
     Resume,
+    SubscriptionBase,
     Transport,
-    refused,
-    sse_event,
+    handshake_refused,
     ws_closed,
-    ws_event,
 )
 from service.pb import duckcast_pb2 as pb
 
@@ -61,16 +58,14 @@ class AsyncClient(ClientBase):
         attempts = Attempts(self.retry, call)
         while True:
             try:
-                r = await self._http.request(**call.request(self.format, self.token))
+                request = call.request(self.format, self.token)
+                answer = Answer.of(await self._http.request(**request))
             except httpx.TransportError as exc:
                 await asyncio.sleep(attempts.after_failure(exc))
                 continue
-            answer = Answer(r.status_code, r.content, r.headers.get("content-type", ""), r.headers)
             wait = attempts.after_answer(answer)
             if wait is None:
-                result = attempts.result(answer)
-                self._session_changed(call, result)
-                return result
+                return self._finish(call, attempts.result(answer))
             await asyncio.sleep(wait)
 
     async def iter_items(
@@ -81,18 +76,12 @@ class AsyncClient(ClientBase):
         status: Status | None = None,
         q: str | None = None,
     ) -> AsyncIterator[pb.Item]:
-        """Every matching item, newest first, page by page; as `Client.iter_items`."""
-        seen: set[int] = set()
-        page = 1
-        while True:
-            result = await self.list_items(page, limit, owner_id=owner_id, status=status, q=q)
-            for item in result.items:
-                if item.id not in seen:
-                    seen.add(item.id)
-                    yield item
-            if page >= result.pages:
-                return
-            page += 1
+        """Every matching item, newest first, page by page (see calls.PageWalk)."""
+        walk = PageWalk()
+        while not walk.done:
+            page = await self.list_items(walk.page, limit, owner_id=owner_id, status=status, q=q)
+            for item in walk.fresh(page):
+                yield item
 
     def subscribe(
         self,
@@ -106,20 +95,14 @@ class AsyncClient(ClientBase):
         return AsyncSubscription(self, transport, Resume(since, owner_id, status))
 
 
-class AsyncSubscription:
+class AsyncSubscription(SubscriptionBase):
     """An async iterator of `DomainEvent`s that reconnects by itself; as `Subscription`."""
 
-    def __init__(self, client: AsyncClient, transport: Transport, state: Resume) -> None:
-        if transport not in ("ws", "sse"):
-            raise ValueError(f"transport must be 'ws' or 'sse', not {transport!r}")
-        self.client = client
-        self.transport = transport
-        self.state = state
-        self._events = self._run()
+    client: AsyncClient
 
-    @property
-    def last_seq(self) -> int | None:
-        return self.state.last
+    def __init__(self, client: AsyncClient, transport: Transport, state: Resume) -> None:
+        super().__init__(client, transport, state)
+        self._events = self._run()
 
     def __aiter__(self) -> AsyncSubscription:
         return self
@@ -152,53 +135,32 @@ class AsyncSubscription:
                 async with contextlib.aclosing(connection()) as events:
                     async for event in events:
                         yield event
-            except (Disconnected, httpx.TransportError, InvalidHandshake, OSError) as exc:
+            except DISCONNECTS as exc:
                 logger.debug("stream ended (%s); resuming after seq %s", exc, self.state.last)
             await asyncio.sleep(self.state.pause())
 
-    def _auth(self) -> dict[str, str]:
-        token = self.client.token
-        return {"Authorization": f"Bearer {token}"} if token else {}
-
     async def _sse(self) -> AsyncGenerator[pb.DomainEvent, None]:
-        params, headers = self.state.sse_request()
-        timeout = httpx.Timeout(self.client.timeout, read=SSE_READ_TIMEOUT)
-        async with self.client._http.stream(
-            "GET", SSE_PATH, params=params, headers=headers | self._auth(), timeout=timeout
-        ) as r:
-            if r.status_code != 200:
-                media = r.headers.get("content-type", "")
-                raise refused(r.status_code, await r.aread(), media, dict(r.headers))
-            self.state.opened()
+        async with self.client._http.stream(**self._sse_request()) as r:
+            content = await r.aread() if r.status_code != 200 else b""
+            self._opened_sse(r.status_code, content, r.headers)
             try:
                 async for sse in EventSource(r).aiter_sse():
-                    event = sse_event(sse.event, sse.data, sse.id)
-                    if event is not None and self.state.admit(event):
+                    if event := self._from_sse(sse):
                         yield event
             except SSEError as exc:
                 raise ProtocolError(str(exc)) from None
 
     async def _ws(self) -> AsyncGenerator[pb.DomainEvent, None]:
         try:
-            ws = await ws_connect(
-                self.state.ws_url(self.client.url),
-                additional_headers=self._auth(),
-                compression=None,
-                open_timeout=self.client.timeout,
-            )
+            ws = await ws_connect(**self._ws_request())
         except InvalidStatus as exc:
-            res = exc.response
-            media = res.headers.get("content-type", "")
-            raise refused(
-                res.status_code, bytes(res.body or b""), media, dict(res.headers)
-            ) from None
+            raise handshake_refused(exc) from None
         async with ws:
             self.state.opened()
             try:
                 async for frame in ws:
-                    event = ws_event(frame)
-                    if self.state.admit(event):
+                    if event := self._from_frame(frame):
                         yield event
             except ConnectionClosed:
-                pass
+                pass  # how it closed is read below, whichever way the loop ended
         raise ws_closed(ws.close_code, ws.close_reason or "")

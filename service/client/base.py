@@ -17,6 +17,7 @@ from service.client import calls
 from service.client.calls import Call
 from service.client.codec import FORMATS, Format
 from service.client.retry import Retry
+from service.pb import duckcast_pb2 as pb
 
 if TYPE_CHECKING:
     from typing import Self
@@ -99,11 +100,13 @@ class ClientBase:
     def _open_http(self, options: dict[str, Any]) -> Any:
         raise NotImplementedError
 
-    def _session_changed(self, call: Call[Any], result: Any) -> None:
-        if call.session == "set":
+    def _finish(self, call: Call[T], result: T) -> T:
+        """A call's result, once the session it set or ended is this client's."""
+        if call.session == "set" and isinstance(result, pb.LoginResponse):
             self.token = result.token
         elif call.session == "clear":
             self.token = None
+        return result
 
     register = endpoint(calls.register)
     login = endpoint(calls.login)

@@ -11,8 +11,9 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Generic, Literal, TypeVar
+from typing import Any, Generic, Literal, TypedDict, TypeVar, Unpack
 
+import httpx
 from google.protobuf.message import Message
 
 from service.client.codec import MEDIA, Format, decode, encode
@@ -30,6 +31,10 @@ class Answer:
     content: bytes
     media: str
     headers: Mapping[str, str]
+
+    @classmethod
+    def of(cls, r: httpx.Response) -> Answer:
+        return cls(r.status_code, r.content, r.headers.get("content-type", ""), r.headers)
 
 
 @dataclass(frozen=True, slots=True)
@@ -134,6 +139,25 @@ def list_items(
     return Call("GET", "/api/items", message(pb.ItemPage), params=params, idempotent=True)
 
 
+class PageWalk:
+    """The pages of `GET /api/items` one after another, each item handed out once: items
+    created meanwhile push older ones onto later pages. (An item deleted meanwhile can shift
+    one onto a page already read: for an exact copy while others write, follow the first
+    page with `subscribe(since=page.seq)` instead.)"""
+
+    def __init__(self) -> None:
+        self.page = 1
+        self.done = False
+        self._seen: set[int] = set()
+
+    def fresh(self, result: pb.ItemPage) -> list[pb.Item]:
+        items = [item for item in result.items if item.id not in self._seen]
+        self._seen.update(item.id for item in items)
+        self.done = self.page >= result.pages
+        self.page += 1
+        return items
+
+
 def get_item(item_id: int) -> Call[pb.Item]:
     """One item (`GET /api/items/{id}`); `NotFound` if there is none."""
     return Call("GET", f"/api/items/{item_id}", message(pb.Item), idempotent=True)
@@ -190,9 +214,16 @@ def bulk_create(
     )
 
 
-def _update(
-    method: str, item_id: int, if_match: int | None, changes: dict[str, Any]
-) -> Call[pb.Item]:
+class ItemChanges(TypedDict, total=False):
+    """The fields `update_item` and `patch_item` set (any non-empty subset)."""
+
+    title: str
+    description: str
+    status: Status
+    priority: int
+
+
+def _update(method: str, item_id: int, if_match: int | None, changes: ItemChanges) -> Call[pb.Item]:
     return Call(
         method,
         f"/api/items/{item_id}",
@@ -204,31 +235,17 @@ def _update(
 
 
 def update_item(
-    item_id: int,
-    *,
-    title: str | None = None,
-    description: str | None = None,
-    status: Status | None = None,
-    priority: int | None = None,
-    if_match: int | None = None,
+    item_id: int, *, if_match: int | None = None, **changes: Unpack[ItemChanges]
 ) -> Call[pb.Item]:
     """Set the given fields (`PUT /api/items/{id}`; retried like any PUT). With `if_match`
     (the `version` you last saw), `PreconditionFailed` if someone changed it since."""
-    changes = _fields(title=title, description=description, status=status, priority=priority)
     return _update("PUT", item_id, if_match, changes)
 
 
 def patch_item(
-    item_id: int,
-    *,
-    title: str | None = None,
-    description: str | None = None,
-    status: Status | None = None,
-    priority: int | None = None,
-    if_match: int | None = None,
+    item_id: int, *, if_match: int | None = None, **changes: Unpack[ItemChanges]
 ) -> Call[pb.Item]:
     """Like `update_item`, as `PATCH` (not retried when its outcome is unknown)."""
-    changes = _fields(title=title, description=description, status=status, priority=priority)
     return _update("PATCH", item_id, if_match, changes)
 
 

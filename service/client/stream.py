@@ -13,12 +13,15 @@ from __future__ import annotations
 
 import random
 import time
-from typing import Literal
+from typing import TYPE_CHECKING, Any, Literal
 from urllib.parse import urlencode
 
+import httpx
 import orjson
 from google.protobuf import json_format
 from google.protobuf.message import DecodeError
+from httpx_sse import ServerSentEvent
+from websockets.exceptions import InvalidHandshake, InvalidStatus
 
 from service.client.errors import (
     ApiError,
@@ -29,6 +32,9 @@ from service.client.errors import (
     api_error,
 )
 from service.pb import duckcast_pb2 as pb
+
+if TYPE_CHECKING:
+    from service.client.base import ClientBase
 
 Transport = Literal["ws", "sse"]
 TRANSPORTS: tuple[Transport, ...] = ("ws", "sse")
@@ -164,3 +170,69 @@ def refused(status: int, content: bytes, media: str, headers: dict[str, str]) ->
     if status >= 500 or status == 429:
         return Disconnected(str(error))
     raise error
+
+
+class SubscriptionBase:
+    """What the blocking and the asyncio subscriptions share: the connection requests they
+    make and how they read what comes back; each adds only its I/O."""
+
+    def __init__(self, client: ClientBase, transport: Transport, state: Resume) -> None:
+        if transport not in TRANSPORTS:
+            raise ValueError(f"transport must be 'ws' or 'sse', not {transport!r}")
+        self.client = client
+        self.transport = transport
+        self.state = state
+
+    @property
+    def last_seq(self) -> int | None:
+        """The seq of the last event handed out (where a resume starts)."""
+        return self.state.last
+
+    def _auth(self) -> dict[str, str]:
+        token = self.client.token
+        return {"Authorization": f"Bearer {token}"} if token else {}
+
+    def _sse_request(self) -> dict[str, Any]:
+        """Keyword arguments for httpx's `stream()` opening the next SSE connection."""
+        params, headers = self.state.sse_request()
+        return {
+            "method": "GET",
+            "url": SSE_PATH,
+            "params": params,
+            "headers": headers | self._auth(),
+            "timeout": httpx.Timeout(self.client.timeout, read=SSE_READ_TIMEOUT),
+        }
+
+    def _ws_request(self) -> dict[str, Any]:
+        """Keyword arguments for websockets' `connect()` opening the next WebSocket."""
+        return {
+            "uri": self.state.ws_url(self.client.url),
+            "additional_headers": self._auth(),
+            "compression": None,  # the server runs without permessage-deflate
+            "open_timeout": self.client.timeout,
+        }
+
+    def _opened_sse(self, status: int, content: bytes, headers: httpx.Headers) -> None:
+        if status != 200:
+            raise refused(status, content, headers.get("content-type", ""), dict(headers))
+        self.state.opened()
+
+    def _from_sse(self, sse: ServerSentEvent) -> pb.DomainEvent | None:
+        """The event to hand out for this SSE event, if any."""
+        event = sse_event(sse.event, sse.data, sse.id)
+        return event if event is not None and self.state.admit(event) else None
+
+    def _from_frame(self, frame: bytes | str) -> pb.DomainEvent | None:
+        event = ws_event(frame)
+        return event if self.state.admit(event) else None
+
+
+def handshake_refused(exc: InvalidStatus) -> Disconnected:
+    """A WebSocket upgrade answered with an HTTP status instead: as `refused`."""
+    res = exc.response
+    media = res.headers.get("content-type", "")
+    return refused(res.status_code, bytes(res.body or b""), media, dict(res.headers))
+
+
+# A connection that ended in one of these is resumed; anything else ends the subscription.
+DISCONNECTS = (Disconnected, httpx.TransportError, InvalidHandshake, OSError)

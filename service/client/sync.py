@@ -10,23 +10,20 @@ from typing import Any, TypeVar
 
 import httpx
 from httpx_sse import EventSource, SSEError
-from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
+from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.sync.client import connect as ws_connect
 
 from service.client.base import ClientBase
-from service.client.calls import Answer, Call, Status
+from service.client.calls import Answer, Call, PageWalk, Status
 from service.client.errors import ProtocolError
 from service.client.retry import Attempts
 from service.client.stream import (
-    SSE_PATH,
-    SSE_READ_TIMEOUT,
-    Disconnected,
+    DISCONNECTS,
     Resume,
+    SubscriptionBase,
     Transport,
-    refused,
-    sse_event,
+    handshake_refused,
     ws_closed,
-    ws_event,
 )
 from service.pb import duckcast_pb2 as pb
 
@@ -59,16 +56,13 @@ class Client(ClientBase):
         attempts = Attempts(self.retry, call)
         while True:
             try:
-                r = self._http.request(**call.request(self.format, self.token))
+                answer = Answer.of(self._http.request(**call.request(self.format, self.token)))
             except httpx.TransportError as exc:
                 time.sleep(attempts.after_failure(exc))
                 continue
-            answer = Answer(r.status_code, r.content, r.headers.get("content-type", ""), r.headers)
             wait = attempts.after_answer(answer)
             if wait is None:
-                result = attempts.result(answer)
-                self._session_changed(call, result)
-                return result
+                return self._finish(call, attempts.result(answer))
             time.sleep(wait)
 
     def iter_items(
@@ -79,21 +73,12 @@ class Client(ClientBase):
         status: Status | None = None,
         q: str | None = None,
     ) -> Iterator[pb.Item]:
-        """Every matching item, newest first, fetched page by page. Each id comes out once
-        (items created meanwhile push older ones to later pages); an item deleted meanwhile
-        can shift one onto a page already read, so for an exact copy while others write,
-        follow the first page with `subscribe(since=page.seq)` instead."""
-        seen: set[int] = set()
-        page = 1
-        while True:
-            result = self.list_items(page, limit, owner_id=owner_id, status=status, q=q)
-            for item in result.items:
-                if item.id not in seen:
-                    seen.add(item.id)
-                    yield item
-            if page >= result.pages:
-                return
-            page += 1
+        """Every matching item, newest first, page by page (see calls.PageWalk)."""
+        walk = PageWalk()
+        while not walk.done:
+            yield from walk.fresh(
+                self.list_items(walk.page, limit, owner_id=owner_id, status=status, q=q)
+            )
 
     def subscribe(
         self,
@@ -109,23 +94,16 @@ class Client(ClientBase):
         return Subscription(self, transport, Resume(since, owner_id, status))
 
 
-class Subscription:
+class Subscription(SubscriptionBase):
     """An iterator of `DomainEvent`s that reconnects by itself. Ends only when you stop
     iterating (or `close()` it), or with a ClientError: `SessionExpired` (token expired or
     revoked), `StreamRejected` (bad parameters), other 4xx answers, `ProtocolError`."""
 
-    def __init__(self, client: Client, transport: Transport, state: Resume) -> None:
-        if transport not in ("ws", "sse"):
-            raise ValueError(f"transport must be 'ws' or 'sse', not {transport!r}")
-        self.client = client
-        self.transport = transport
-        self.state = state
-        self._events = self._run()
+    client: Client
 
-    @property
-    def last_seq(self) -> int | None:
-        """The seq of the last event handed out (where a resume starts)."""
-        return self.state.last
+    def __init__(self, client: Client, transport: Transport, state: Resume) -> None:
+        super().__init__(client, transport, state)
+        self._events = self._run()
 
     def __iter__(self) -> Subscription:
         return self
@@ -154,53 +132,31 @@ class Subscription:
         while True:
             try:
                 yield from connection()
-            except (Disconnected, httpx.TransportError, InvalidHandshake, OSError) as exc:
+            except DISCONNECTS as exc:
                 logger.debug("stream ended (%s); resuming after seq %s", exc, self.state.last)
             time.sleep(self.state.pause())
 
-    def _auth(self) -> dict[str, str]:
-        token = self.client.token
-        return {"Authorization": f"Bearer {token}"} if token else {}
-
     def _sse(self) -> Iterator[pb.DomainEvent]:
-        params, headers = self.state.sse_request()
-        timeout = httpx.Timeout(self.client.timeout, read=SSE_READ_TIMEOUT)
-        with self.client._http.stream(
-            "GET", SSE_PATH, params=params, headers=headers | self._auth(), timeout=timeout
-        ) as r:
-            if r.status_code != 200:
-                media = r.headers.get("content-type", "")
-                raise refused(r.status_code, r.read(), media, dict(r.headers))
-            self.state.opened()
+        with self.client._http.stream(**self._sse_request()) as r:
+            self._opened_sse(r.status_code, r.read() if r.status_code != 200 else b"", r.headers)
             try:
                 for sse in EventSource(r).iter_sse():
-                    event = sse_event(sse.event, sse.data, sse.id)
-                    if event is not None and self.state.admit(event):
+                    if event := self._from_sse(sse):
                         yield event
             except SSEError as exc:
                 raise ProtocolError(str(exc)) from None
 
     def _ws(self) -> Iterator[pb.DomainEvent]:
         try:
-            ws = ws_connect(
-                self.state.ws_url(self.client.url),
-                additional_headers=self._auth(),
-                compression=None,
-                open_timeout=self.client.timeout,
-            )
+            ws = ws_connect(**self._ws_request())
         except InvalidStatus as exc:
-            res = exc.response
-            media = res.headers.get("content-type", "")
-            raise refused(
-                res.status_code, bytes(res.body or b""), media, dict(res.headers)
-            ) from None
+            raise handshake_refused(exc) from None
         with ws:
             self.state.opened()
             try:
                 for frame in ws:
-                    event = ws_event(frame)
-                    if self.state.admit(event):
+                    if event := self._from_frame(frame):
                         yield event
             except ConnectionClosed:
-                pass
+                pass  # how it closed is read below, whichever way the loop ended
         raise ws_closed(ws.close_code, ws.close_reason or "")

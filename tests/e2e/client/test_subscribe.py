@@ -9,7 +9,6 @@ import os
 import signal
 import time
 from collections.abc import Callable
-from pathlib import Path
 
 import pytest
 
@@ -29,38 +28,14 @@ def workers(service: DuckcastProcess) -> list[int]:
     return children(masters[0])
 
 
-def worker_holding_our_connection(service: DuckcastProcess) -> int:
-    """The gunicorn worker at the other end of this process's one open connection to the
-    service (the stream: every other client of the test is closed by now)."""
+def worker_holding_the_stream(service: DuckcastProcess) -> int:
+    """The gunicorn worker holding the one open connection to the service: the stream (every
+    other client of the test is closed by now, and nothing else talks to this port)."""
     assert service.port is not None
-    ours = {
-        port
-        for inode, port in client_side_ports(service.port).items()
-        if inode in _socket_inodes(os.getpid())
-    }
-    assert len(ours) == 1, f"expected only the stream open, found {sorted(ours)}"
-    peers = established_peers(service.port)  # server-side inode -> client port
-    holders = {
-        pid
-        for pid in workers(service)
-        for inode in _socket_inodes(pid) & peers.keys()
-        if peers[inode] in ours
-    }
-    assert len(holders) == 1, holders
+    connections = established_peers(service.port).keys()  # server-side socket inodes
+    holders = {pid for pid in workers(service) if _socket_inodes(pid) & connections}
+    assert len(connections) == 1 and len(holders) == 1, (len(connections), holders)
     return holders.pop()
-
-
-def client_side_ports(server_port: int) -> dict[str, int]:
-    """inode -> local port of every ESTABLISHED TCP socket connected to `server_port`."""
-    found = {}
-    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
-        with contextlib.suppress(FileNotFoundError):
-            for line in Path(table).read_text().splitlines()[1:]:
-                f = line.split()
-                local, remote, state, inode = f[1], f[2], f[3], f[9]
-                if state == "01" and int(remote.rsplit(":", 1)[1], 16) == server_port:
-                    found[inode] = int(local.rsplit(":", 1)[1], 16)
-    return found
 
 
 async def until(predicate: Callable[[], bool], what: str, within: float = 30.0) -> None:
@@ -100,7 +75,7 @@ async def test_subscription_resumes_across_a_worker_kill(
         try:
             ids = await create(service, account, [f"{transport} before {n}" for n in range(3)])
             await until(lambda: len(got) >= 3, "the first three events")
-            holder = worker_holding_our_connection(service)
+            holder = worker_holding_the_stream(service)
             os.kill(holder, signal.SIGSTOP)
             try:
                 ids += await create(service, account, [f"{transport} frozen {n}" for n in range(3)])
