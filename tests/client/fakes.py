@@ -62,15 +62,14 @@ class StreamScript:
     connections: list[Connection]
     asked: list[int | None] = field(default_factory=list)  # resume point of each request
     paths: list[str] = field(default_factory=list)
-    served: threading.Event = field(default_factory=threading.Event)  # the script ran out
 
     def next(self, since: int | None, path: str) -> Connection:
         self.asked.append(since)
         self.paths.append(path)
         if len(self.asked) > len(self.connections):
-            self.served.set()
-            # Past the script: a stream that never sends (the test has what it needs).
-            return Connection(refuse=503)
+            # Past the script: an answer that ends any subscription (ApiError 410), so a
+            # client that reconnects where it should have stopped fails its test at once.
+            return Connection(refuse=410)
         return self.connections[len(self.asked) - 1]
 
 

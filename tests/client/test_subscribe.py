@@ -129,6 +129,23 @@ def test_explicit_since_and_filters_are_sent(collect: Collect, transport: Transp
     assert all("owner_id=7" in p and "status=active" in p for p in script.paths)
 
 
+@pytest.mark.parametrize("transport", TRANSPORTS)
+def test_a_reset_below_the_position_is_where_the_stream_goes_on(
+    collect: Collect, transport: Transport
+) -> None:
+    """A reset to a seq below the last one handed out (the server never issued that resume
+    point, e.g. restored from a backup): the events after the reset's seq are handed out."""
+    script = StreamScript([Connection([created(11), reset(5), created(6), created(7)], "expired")])
+    got, error = collect(transport, script)
+    assert [(ev.type, ev.seq) for ev in got] == [
+        (pb.CREATED, 11),
+        (pb.RESET, 5),
+        (pb.CREATED, 6),
+        (pb.CREATED, 7),
+    ]
+    assert isinstance(error, SessionExpired)
+
+
 def test_websocket_policy_close_is_raised(collect: Collect) -> None:
     """Close 1008 (the server refused the parameters) ends the subscription: StreamRejected,
     no reconnection."""
