@@ -30,20 +30,20 @@ class Strict(Mirrored):
 
 
 class Credentials(Strict):
-    protobuf_message: ClassVar[type[Message]] = pb.RegisterRequest
+    protobuf_message = pb.RegisterRequest
     username: Annotated[str, Field(min_length=3, max_length=32, pattern=r"^[A-Za-z0-9_.-]+$")]
     password: Annotated[str, Field(min_length=8, max_length=128)]
 
 
 class LoginIn(Strict):
-    protobuf_message: ClassVar[type[Message]] = pb.LoginRequest
+    protobuf_message = pb.LoginRequest
     # No format rules at login: a wrong name is just a failed login (one 401 for all).
     username: Annotated[str, Field(max_length=200)]
     password: Annotated[str, Field(max_length=1024)]
 
 
 class ItemCreate(Strict):
-    protobuf_message: ClassVar[type[Message]] = pb.ItemCreate
+    protobuf_message = pb.ItemCreate
     title: Title
     description: Description = ""
     status: Status = "active"
@@ -51,7 +51,7 @@ class ItemCreate(Strict):
 
 
 class ItemUpdate(Strict):
-    protobuf_message: ClassVar[type[Message]] = pb.ItemUpdate
+    protobuf_message = pb.ItemUpdate
     title: Title | None = None
     description: Description | None = None
     status: Status | None = None
@@ -68,7 +68,7 @@ class ItemUpdate(Strict):
 
 
 class BulkCreate(Strict):
-    protobuf_message: ClassVar[type[Message]] = pb.BulkCreateRequest
+    protobuf_message = pb.BulkCreateRequest
     items: Annotated[list[ItemCreate], Field(min_length=1, max_length=1000)]
 
 
@@ -76,14 +76,14 @@ class BulkCreate(Strict):
 
 
 class UserOut(Mirrored):
-    protobuf_message: ClassVar[type[Message]] = pb.User
+    protobuf_message = pb.User
     id: int
     username: str
     created_at: datetime
 
 
 class LoginOut(Mirrored):
-    protobuf_message: ClassVar[type[Message]] = pb.LoginResponse
+    protobuf_message = pb.LoginResponse
     token: str
     token_type: Literal["bearer"]
     expires_at: datetime
@@ -91,7 +91,7 @@ class LoginOut(Mirrored):
 
 
 class ItemOut(Mirrored):
-    protobuf_message: ClassVar[type[Message]] = pb.Item
+    protobuf_message = pb.Item
     id: int
     title: str
     description: str
@@ -104,12 +104,12 @@ class ItemOut(Mirrored):
 
 
 class ItemListOut(Mirrored):
-    protobuf_message: ClassVar[type[Message]] = pb.ItemList
+    protobuf_message = pb.ItemList
     items: list[ItemOut]
 
 
 class ItemPageOut(Mirrored):
-    protobuf_message: ClassVar[type[Message]] = pb.ItemPage
+    protobuf_message = pb.ItemPage
     items: list[ItemOut]
     total: int
     page: int
@@ -119,7 +119,7 @@ class ItemPageOut(Mirrored):
 
 
 class StatsOut(Mirrored):
-    protobuf_message: ClassVar[type[Message]] = pb.Stats
+    protobuf_message = pb.Stats
     total: int
     active: int
     completed: int
@@ -127,7 +127,7 @@ class StatsOut(Mirrored):
 
 
 class UploadOut(Mirrored):
-    protobuf_message: ClassVar[type[Message]] = pb.UploadResult
+    protobuf_message = pb.UploadResult
     filename: str
     url: str
     size: int
