@@ -32,6 +32,7 @@ async def get_signer(conn: HTTPConnection) -> TokenSigner:
 
 
 def _token(conn: HTTPConnection, allow_query: bool) -> str | None:
+    # Whatever the text (non-ASCII, control characters, 10 KB), verify() only says no.
     auth = conn.headers.get("authorization")
     if auth:
         scheme, _, value = auth.partition(" ")
@@ -46,8 +47,26 @@ def _token(conn: HTTPConnection, allow_query: bool) -> str | None:
     return None
 
 
+def presented_tokens(conn: HTTPConnection) -> list[Token]:
+    """Every valid, unrevoked token the request carries (header and cookie): what logout ends."""
+    settings: Settings = conn.app.state.settings
+    auth = conn.headers.get("authorization", "")
+    scheme, _, value = auth.partition(" ")
+    values = [value.strip()] if scheme.lower() == "bearer" else []
+    values.append(conn.cookies.get(settings.cookie_name, ""))
+    signer: TokenSigner = conn.app.state.signer
+    revoked: RevokedTokens = conn.app.state.revoked
+    found = {}
+    for text in values:
+        token = signer.verify(text) if text else None
+        if token is not None and token.id not in revoked:
+            found[token.id] = token
+    return list(found.values())
+
+
 def session(conn: HTTPConnection, allow_query: bool) -> Token:
-    """The caller's valid session token; Unauthorized otherwise."""
+    """The caller's valid session token: signed with this deployment's key, unexpired, not
+    revoked on any worker (service.api.revocation). Unauthorized otherwise."""
     value = _token(conn, allow_query)
     if value is None:
         raise Unauthorized("not authenticated: send a bearer token or the session cookie")
