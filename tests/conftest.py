@@ -37,9 +37,16 @@ def wait_until(predicate, timeout: float = 10.0, interval: float = 0.02) -> None
 class RedisServer:
     """A private redis-server that a test may stop and start again on the same port."""
 
-    def __init__(self, workdir: Path) -> None:
+    def __init__(
+        self, workdir: Path, *args: str, username: str | None = None, password: str | None = None
+    ) -> None:
+        """`args`: extra redis-server options (e.g. --requirepass, --user); `username` and
+        `password`: what the readiness ping authenticates with."""
         self.port = free_port()
         self.workdir = workdir
+        self.args = list(args)
+        self.username, self.password = username, password
+        self.tls_ca: Path | None = None  # set: the readiness ping speaks TLS, trusting this CA
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -63,11 +70,19 @@ class RedisServer:
                 "no",
                 "--dir",
                 str(self.workdir),
+                *self.args,
             ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
-        client = redis.Redis(port=self.port)
+        tls = {"ssl": True, "ssl_ca_certs": str(self.tls_ca)} if self.tls_ca else {}
+        client = redis.Redis(
+            host="127.0.0.1",
+            port=self.port,
+            username=self.username,
+            password=self.password,
+            **tls,  # type: ignore[arg-type]
+        )
         try:
             wait_until(lambda: _pings(client))
         finally:

@@ -103,23 +103,35 @@ class SecurityHeaders:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        private = scope["path"].startswith("/api/")
-        started = False
-
-        async def secured(message: Message) -> None:
-            nonlocal started
-            if message["type"] == "http.response.start":
-                started = True
-                message["headers"] = _secure_headers(scope, message.get("headers", []), private)
-            await send(message)
-
+        secured = _SecuredSend(scope, send)
         try:
             await self.app(scope, receive, secured)
         except Exception:
             logger.exception("unhandled error on %s %s", scope["method"], scope["path"])
-            if not started:
+            if not secured.started:
                 response = render_error(Request(scope), 500, "internal server error")
                 await response(scope, receive, secured)
+
+
+class _SecuredSend:
+    """`send` with the headers added. It keeps the server's `send.__self__` (uvicorn's
+    connection): the stream handlers read the connection's `disconnected` flag and abort a
+    stalled transport through it (service.api.routes.events._Client)."""
+
+    def __init__(self, scope: Scope, send: Send) -> None:
+        self._scope = scope
+        self._send = send
+        self._private = scope["path"].startswith("/api/")
+        self.started = False
+        self.__self__ = getattr(send, "__self__", None)
+
+    async def __call__(self, message: Message) -> None:
+        if message["type"] == "http.response.start":
+            self.started = True
+            message["headers"] = _secure_headers(
+                self._scope, message.get("headers", []), self._private
+            )
+        await self._send(message)
 
 
 _NOSNIFF = (b"x-content-type-options", b"nosniff")

@@ -77,12 +77,13 @@ async def store_handshake(
     try:
         async with asyncio.timeout(within):
             try:
-                opening = await reader.readexactly(len(MAGIC) + NONCE_BYTES)
+                opening = await reader.readexactly(len(MAGIC))
             except asyncio.IncompleteReadError as exc:
                 return PROBE if not exc.partial else "closed during the handshake"
-            if not hmac.compare_digest(opening[: len(MAGIC)], MAGIC):
+            # Checked before reading on: another protocol's first bytes are refused at once.
+            if not hmac.compare_digest(opening, MAGIC):
                 return "not a Duckcast store client"
-            client_nonce = opening[len(MAGIC) :]
+            client_nonce = await reader.readexactly(NONCE_BYTES)
             store_nonce = secrets.token_bytes(NONCE_BYTES)
             writer.write(store_nonce)
             proof = await reader.readexactly(PROOF_BYTES)
