@@ -22,11 +22,9 @@ REDACTED = "[redacted]"
 _PATTERNS: list[tuple[re.Pattern[str], str]] = [
     # A session token anywhere: v2.<user>.<expiry>.<id>.<mac> (and the older v1 shape).
     (re.compile(r"\bv[12]\.\d+\.\d+\.(?:[A-Za-z0-9_-]+\.)?[A-Za-z0-9_-]{20,}"), REDACTED),
-    # ?token=…, &password=…, secret_key=… in URLs, forms and key=value logs.
+    # ?token=…, &password=…, DUCKCAST_SECRET_KEY=… in URLs, forms and key=value logs.
     (
-        re.compile(
-            r"(?i)\b((?:access_)?token|password|passwd|secret(?:_key)?|api_key)=[^&\s\"';,]+"
-        ),
+        re.compile(r"(?i)(\w*(?:token|password|passwd|secret|api_key)\w*)=[^&\s\"';,]+"),
         r"\1=" + REDACTED,
     ),
     # "password": "…" and friends in JSON or dict reprs.
@@ -36,14 +34,14 @@ _PATTERNS: list[tuple[re.Pattern[str], str]] = [
         ),
         r"\1'" + REDACTED + "'",
     ),
-    # Authorization: Bearer …, Basic …
-    (re.compile(r"(?i)\b(bearer|basic)\s+[A-Za-z0-9._~+/=-]{8,}"), r"\1 " + REDACTED),
+    # Authorization: Bearer …, Basic … (any case for Bearer: it is rarely an English word)
+    (re.compile(r"\b((?i:bearer)|Basic)\s+[A-Za-z0-9._~+/=-]{8,}"), r"\1 " + REDACTED),
     # Cookie / Set-Cookie values of the session cookie (any *session* name).
     (re.compile(r"(?i)\b(\w*session\w*)=[^;\s\"',]+"), r"\1=" + REDACTED),
     # redis://user:password@host, and any other URL with credentials.
     (re.compile(r"\b([a-z][a-z0-9+.-]*://[^/\s:@]*:)[^@\s/]+@"), r"\1" + REDACTED + "@"),
     # argon2/scrypt/bcrypt hashes.
-    (re.compile(r"\$(?:argon2(?:id|i|d)|scrypt|2[aby])\$[^\s\"',]+"), REDACTED),
+    (re.compile(r"\$(?:argon2(?:id|i|d)|scrypt|2[aby])\$[^\s\"']+"), REDACTED),
 ]
 
 
@@ -63,21 +61,28 @@ def _redact_arg(arg: object) -> object:
 
 def redact_record(record: logging.LogRecord) -> None:
     """Redact a record in place (its message, its arguments, its exception text)."""
-    if isinstance(record.msg, str):
-        record.msg = redact(record.msg)
     args: Any = record.args
-    if isinstance(args, tuple):
-        record.args = tuple(_redact_arg(a) for a in args)
-    elif isinstance(args, dict):
-        record.args = {k: _redact_arg(v) for k, v in args.items()}
-    if record.args and record.name != "uvicorn.access":
-        # A secret split across msg and args ("token=%s") only shows once they are joined.
-        try:
-            message = record.getMessage()
-        except Exception:  # a malformed call: logging reports it when it formats the record
-            message = None
-        if message is not None and redact(message) != message:
-            record.msg, record.args = redact(message), None
+    if not args:
+        if isinstance(record.msg, str):
+            record.msg = redact(record.msg)
+    else:
+        if isinstance(args, tuple):
+            record.args = tuple(_redact_arg(a) for a in args)
+        elif isinstance(args, dict):
+            record.args = {k: _redact_arg(v) for k, v in args.items()}
+        # uvicorn's access formatter unpacks the args: its fixed template holds no secret.
+        # Anything else is joined and checked whole, for a secret split between the
+        # template and an argument ("password=%s"). A template is never redacted alone:
+        # that could eat its "%s".
+        if record.name != "uvicorn.access":
+            try:
+                message = record.getMessage()
+            except Exception:  # a malformed call: logging reports it when it formats it
+                message = None
+            if message is not None:
+                cleaned = redact(message)
+                if cleaned != message:
+                    record.msg, record.args = cleaned, None
     if record.exc_info and not record.exc_text:
         record.exc_text = logging.Formatter().formatException(record.exc_info)
     if record.exc_text:

@@ -3,6 +3,7 @@ real app served in-process through its lifespan."""
 
 from __future__ import annotations
 
+import logging
 import shutil
 import socket
 import subprocess
@@ -16,6 +17,31 @@ import redis
 
 from service.api.app import create_app
 from service.config import Settings
+from tests.leakscan import SCAN, RecordCollector, log_files, wrap_httpx
+
+
+@pytest.fixture(scope="session", autouse=True)
+def no_secrets_in_logs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """Fails the run if any log record emitted in this process, or any log file a subprocess
+    wrote under the run's temporary directory, holds a token, password, cookie or secret
+    issued during the run (tests/leakscan.py says what counts). INFO records are kept too:
+    that is the level the service runs at."""
+    collector = RecordCollector(SCAN)
+    root = logging.getLogger()
+    level = root.level
+    root.addHandler(collector)
+    root.setLevel(min(level, logging.INFO))
+    restore = wrap_httpx(SCAN)
+    try:
+        yield
+    finally:
+        for owner, name, original in restore:
+            setattr(owner, name, original)
+        root.removeHandler(collector)
+        root.setLevel(level)
+    problems = SCAN.scan(log_files(tmp_path_factory.getbasetemp()))
+    if problems:
+        pytest.fail("secrets in the logs:\n" + "\n".join(problems[:20]), pytrace=False)
 
 
 def free_port() -> int:
