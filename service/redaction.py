@@ -45,7 +45,17 @@ _PATTERNS: list[tuple[re.Pattern[str], str]] = [
 ]
 
 
+# Every pattern above needs one of these (lowercased) in the text. Most log lines have none,
+# and looking for them is cheap: an access-log record costs ~5 us to make with redaction
+# against ~28 us running every pattern (README "Logs").
+_TRIGGERS = ("token", "password", "passwd", "secret", "api_key", "bearer", "basic", "session",
+             "://", "$argon2", "$scrypt", "$2", "v1.", "v2.")  # fmt: skip
+
+
 def redact(text: str) -> str:
+    lower = text.lower()
+    if not any(trigger in lower for trigger in _TRIGGERS):
+        return text
     for pattern, replacement in _PATTERNS:
         text = pattern.sub(replacement, text)
     return text

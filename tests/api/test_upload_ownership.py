@@ -4,25 +4,18 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
 import pytest
 from fastapi import FastAPI
 
-from service.api.app import create_app
 from service.config import Settings
-from tests.api.conftest import Account
+from tests.api.conftest import Account, SmallApp, running
 from tests.api.wire import JSON, PROTOBUF, error_message
 
 
-@dataclass
-class Limited:
-    app: FastAPI
-    client: httpx.AsyncClient
-    settings: Settings
-
+class Limited(SmallApp):
     async def user(self, name: str, password_hash: str) -> Account:
         user = await self.app.state.store.create_user(name, password_hash)
         return Account(user.id, name, self.app.state.signer.issue(user.id).value)
@@ -41,11 +34,8 @@ class Limited:
 async def limited(tmp_path: Path) -> AsyncIterator[Limited]:
     """The app with a 2,500-byte quota and 3 uploads a minute per user."""
     settings = Settings(data_dir=tmp_path / "d", upload_quota_bytes=2500, upload_rate_per_minute=3)
-    app = create_app(settings)
-    async with app.router.lifespan_context(app):
-        transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
-            yield Limited(app, client, settings)
+    async with running(settings) as served:
+        yield Limited(served.app, served.client, served.settings)
 
 
 async def test_only_the_owner_deletes_an_upload(

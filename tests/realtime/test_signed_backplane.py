@@ -91,6 +91,15 @@ def test_redis_needs_a_signing_key() -> None:
         backplane_from_url("redis://127.0.0.1:1/0")
 
 
+async def served_round_trip(server: RedisServer, url: str) -> bytes | None:
+    """round_trip(url) against `server`, started for it and stopped after."""
+    server.start()
+    try:
+        return await round_trip(url)
+    finally:
+        server.stop(kill=True)
+
+
 async def round_trip(url: str) -> bytes | None:
     """Publish one message over a backplane built from `url` and return what a subscriber
     built from the same url received."""
@@ -129,12 +138,8 @@ async def test_redis_url_with_an_acl_user(tmp_path: Path) -> None:
         "+publish", "+subscribe", "+unsubscribe", "+ping", "+hello",
     ]  # fmt: skip
     server = RedisServer(tmp_path, *acl, username="duckcast", password="acl-pw")
-    server.start()
-    try:
-        url = f"redis://duckcast:acl-pw@127.0.0.1:{server.port}/0"
-        assert await round_trip(url) == b"hello"
-    finally:
-        server.stop(kill=True)
+    url = f"redis://duckcast:acl-pw@127.0.0.1:{server.port}/0"
+    assert await served_round_trip(server, url) == b"hello"
 
 
 @pytest.fixture
@@ -161,9 +166,5 @@ async def test_rediss_url_over_tls(tmp_path: Path, tls_cert: tuple[Path, Path]) 
         "--tls-key-file", str(key), "--tls-ca-cert-file", str(cert), "--tls-auth-clients", "no",
     ]  # fmt: skip
     server.tls_ca = cert
-    server.start()
-    try:
-        url = f"rediss://127.0.0.1:{tls_port}/0?ssl_ca_certs={cert}"
-        assert await round_trip(url) == b"hello"
-    finally:
-        server.stop(kill=True)
+    url = f"rediss://127.0.0.1:{tls_port}/0?ssl_ca_certs={cert}"
+    assert await served_round_trip(server, url) == b"hello"
