@@ -53,11 +53,11 @@ def _generate(data_dir: str, out: multiprocessing.Queue[bytes]) -> None:
 
 
 def test_processes_starting_together_agree_on_one_secret(tmp_path: Path) -> None:
-    """Eight processes racing on an empty data dir all end up with the same secret (the file
+    """Four processes racing on an empty data dir all end up with the same secret (the file
     is linked into place whole; a loser reads the winner's)."""
     ctx = multiprocessing.get_context("spawn")
     out: multiprocessing.Queue[bytes] = ctx.Queue()
-    procs = [ctx.Process(target=_generate, args=(str(tmp_path), out)) for _ in range(8)]
+    procs = [ctx.Process(target=_generate, args=(str(tmp_path), out)) for _ in range(4)]
     for p in procs:
         p.start()
     secrets = {out.get(timeout=60) for _ in procs}
