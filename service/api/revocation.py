@@ -4,7 +4,7 @@ Logout records the revocation in the store (durable, through the single writer) 
 to its own worker's set at once; each worker polls the store for revocations newer than the
 last it saw. Requests check the per-worker set (`token.id in app.state.revoked`), never the
 store. Why a poll and not the event stream: the poll is one store call per worker per
-interval answered from the store's memory (~0.1 ms of worker CPU each, README "Sessions"),
+interval answered from the store's memory (~50 us of worker CPU each, README "Security"),
 it needs no Redis, it cannot be lost the way a pub/sub message can, and the store's table is
 the one source of truth a restarted worker reloads from (after_rev=0).
 """
