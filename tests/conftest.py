@@ -17,7 +17,7 @@ import redis
 
 from service.api.app import create_app
 from service.config import Settings
-from tests.leakscan import SCAN, RecordCollector, log_files, wrap_httpx
+from tests.leakscan import SCAN, log_files, wrap_httpx, wrap_logging
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -26,18 +26,15 @@ def no_secrets_in_logs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Non
     wrote under the run's temporary directory, holds a token, password, cookie or secret
     issued during the run (tests/leakscan.py says what counts). INFO records are kept too:
     that is the level the service runs at."""
-    collector = RecordCollector(SCAN)
     root = logging.getLogger()
     level = root.level
-    root.addHandler(collector)
     root.setLevel(min(level, logging.INFO))
-    restore = wrap_httpx(SCAN)
+    restore = wrap_logging(SCAN) + wrap_httpx(SCAN)
     try:
         yield
     finally:
         for owner, name, original in restore:
             setattr(owner, name, original)
-        root.removeHandler(collector)
         root.setLevel(level)
     problems = SCAN.scan(log_files(tmp_path_factory.getbasetemp()))
     if problems:

@@ -110,23 +110,23 @@ class LeakScan:
         return problems
 
 
-class RecordCollector(logging.Handler):
-    """Keeps the final text of every record the process emits (after any redaction the
-    service applied when the record was made)."""
+def wrap_logging(scan: LeakScan) -> list[tuple[Any, str, Any]]:
+    """See the final text of every record any logger handles, whether it propagates to the
+    root or not (uvicorn's loggers do not); returns what to restore. Records are made (and
+    redacted by the service, if it installed service.redaction) before they are handled."""
+    original = logging.Logger.handle
+    plain = logging.Formatter("%(message)s")
 
-    def __init__(self, scan: LeakScan) -> None:
-        super().__init__(logging.DEBUG)
-        self._scan = scan
-        self._format = logging.Formatter("%(message)s")
+    def handle(self: logging.Logger, record: logging.LogRecord) -> None:
+        if not record.name.startswith(CLIENT_LOGGERS):
+            try:
+                scan.records.append((record.name, plain.format(record)))
+            except Exception:  # a malformed log call: logging reports it in original()
+                scan.records.append((record.name, str(record.msg)))
+        original(self, record)
 
-    def emit(self, record: logging.LogRecord) -> None:
-        if record.name.startswith(CLIENT_LOGGERS):
-            return
-        try:
-            text = self._format.format(record)
-        except Exception:  # a malformed log call: logging itself reports those
-            return
-        self._scan.records.append((record.name, text))
+    logging.Logger.handle = handle  # type: ignore[method-assign]
+    return [(logging.Logger, "handle", original)]
 
 
 def log_files(root: Path) -> list[Path]:
