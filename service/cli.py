@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
 import signal
 import sys
 from pathlib import Path
@@ -13,8 +14,18 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from service import redaction
 from service.client.cli import add_commands as add_client_commands
 from service.config import Settings
+from service.keys import Keys, SecretError, load_keys
+
+
+def _keys(settings: Settings) -> Keys:
+    """The deployment's keys, or exit with what to configure (never the value itself)."""
+    try:
+        return load_keys(settings)
+    except SecretError as exc:
+        sys.exit(f"duckcast: {exc}")
 
 
 def _settings(args: argparse.Namespace) -> Settings:
@@ -31,6 +42,7 @@ def _settings(args: argparse.Namespace) -> Settings:
 
 def cmd_serve(args: argparse.Namespace) -> int:
     settings = _settings(args)
+    keys = _keys(settings)
     if settings.workers == 1 and settings.store_url is None:
         import uvicorn
 
@@ -43,7 +55,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
             signal.signal(signum, lambda *_: None)
         # Embedded mode: one process, the store in-process, no Redis needed.
         uvicorn.run(
-            create_app(settings),
+            create_app(settings, keys=keys),
             host=settings.host,
             port=settings.port,
             log_level="info",
@@ -53,15 +65,16 @@ def cmd_serve(args: argparse.Namespace) -> int:
         return 0
     from service.supervisor import Supervisor
 
-    return Supervisor(settings).run()
+    return Supervisor(settings, keys).run()
 
 
 def cmd_store(args: argparse.Namespace) -> int:
     settings = _settings(args)
+    keys = _keys(settings)
     listen = args.listen or f"unix:{settings.data_dir.resolve() / 'store.sock'}"
     from service.store.process import run_store
 
-    asyncio.run(run_store(settings, listen, args.metrics_port))
+    asyncio.run(run_store(settings, keys, listen, args.metrics_port))
     return 0
 
 
@@ -93,6 +106,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    # Everything this process creates (database, secret, sockets, uploads) is the owner's
+    # only; nothing here is meant for other local users.
+    os.umask(0o077)
+    redaction.install()
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )

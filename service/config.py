@@ -5,11 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import AliasChoices, Field, model_validator
+from pydantic import AliasChoices, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-PLACEHOLDER_SECRETS = frozenset({"", "changethis", "change-me", "secret", "dev-insecure-secret"})
-DEV_SECRET = "dev-insecure-secret"
 MiB = 1024 * 1024
 
 
@@ -17,7 +15,9 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="DUCKCAST_", extra="ignore")
 
     environment: Literal["development", "production"] = "development"
-    secret_key: str = DEV_SECRET
+    # No default value: see service.keys (generated in the data dir in development only).
+    secret_key: SecretStr | None = None
+    secret_key_file: Path | None = None
     data_dir: Path = Path("data")
 
     # Where workers find the store: "unix:/path/store.sock" or "tcp:host:port".
@@ -38,6 +38,12 @@ class Settings(BaseSettings):
     # A 1,000-item bulk create with 10,000-character descriptions is ~10 MB of JSON.
     max_body_bytes: int = Field(default=16 * MiB, ge=1024)
     upload_max_bytes: int = Field(default=10 * MiB, ge=1)
+    # Per user, enforced by the store (so every worker counts the same uploads).
+    upload_quota_bytes: int = Field(default=256 * MiB, ge=0)
+    upload_rate_per_minute: int = Field(default=30, ge=1)
+    # How often each worker asks the store for tokens revoked elsewhere (logout on another
+    # worker); the bound on how long a revoked token still works there.
+    revocation_poll_ms: float = Field(default=250.0, ge=10, le=10_000)
 
     store_timeout_seconds: float = Field(default=5.0, gt=0)
     store_max_in_flight: int = Field(default=1024, ge=1)
@@ -54,16 +60,6 @@ class Settings(BaseSettings):
     # Subscribers are woken at most once per this interval, with everything committed since:
     # fewer, larger writes per connection for a few ms of latency. 0 wakes them at once.
     stream_flush_ms: float = Field(default=10.0, ge=0, le=1000)
-
-    @model_validator(mode="after")
-    def _refuse_placeholder_secret(self) -> Settings:
-        if self.environment != "development" and self.secret_key in PLACEHOLDER_SECRETS:
-            raise ValueError(
-                "DUCKCAST_SECRET_KEY is a placeholder; set a real secret outside development"
-            )
-        if self.environment != "development" and len(self.secret_key) < 32:
-            raise ValueError("DUCKCAST_SECRET_KEY must be at least 32 characters in production")
-        return self
 
     @property
     def database_path(self) -> Path:

@@ -39,6 +39,16 @@ class PayloadTooLarge(DuckcastError):
     status = 413
 
 
+class TooManyRequests(DuckcastError):
+    """A rate limit: answered 429 with `Retry-After: retry_after`."""
+
+    status = 429
+
+    def __init__(self, message: str, retry_after: int = 60) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
 class UnsupportedMediaType(DuckcastError):
     status = 415
 

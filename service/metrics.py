@@ -76,3 +76,14 @@ def exposition() -> tuple[bytes, str]:
     from prometheus_client import REGISTRY
 
     return generate_latest(REGISTRY), CONTENT_TYPE_LATEST
+
+
+# Security (issue 7): what was refused, so an attack or a misconfigured secret shows up.
+STORE_HANDSHAKES_REFUSED = Counter(
+    "duckcast_store_handshakes_refused_total",
+    "Connections to the store closed because they did not prove the shared secret",
+)
+BACKPLANE_REJECTED = Counter(
+    "duckcast_backplane_rejected_total",
+    "Backplane messages dropped because their MAC was missing or wrong",
+)

@@ -20,6 +20,7 @@ from pathlib import Path
 from types import FrameType
 
 from service.config import Settings
+from service.keys import Keys
 from service.paths import repo_dir
 
 logger = logging.getLogger("duckcast.supervisor")
@@ -37,13 +38,22 @@ def settings_env(settings: Settings) -> dict[str, str]:
     """The settings as environment variables, so child processes see CLI overrides too."""
     env = dict(os.environ)
     for name, value in settings.model_dump().items():
-        if value is None:
-            continue
+        if value is None or name in ("secret_key", "secret_key_file"):
+            continue  # secret_env() says where the secret is
         if name == "data_dir":
             value = Path(value).resolve()
         env["REDIS_URL" if name == "redis_url" else f"DUCKCAST_{name.upper()}"] = str(value)
     env.setdefault("PROMETHEUS_MULTIPROC_DIR", str(settings.data_dir.resolve() / "metrics"))
     return env
+
+
+def secret_env(settings: Settings, keys: Keys) -> dict[str, str]:
+    """How the store and the workers find the secret this process resolved (service.keys):
+    the same setting, or the generated file's path, so they never generate one of their own."""
+    if settings.secret_key is not None:
+        return {"DUCKCAST_SECRET_KEY": settings.secret_key.get_secret_value()}
+    path = settings.secret_key_file or Path(keys.source)
+    return {"DUCKCAST_SECRET_KEY_FILE": str(Path(path).resolve())}
 
 
 def wait_for_store(url: str, proc: subprocess.Popen[bytes] | None, timeout: float) -> None:
@@ -84,12 +94,13 @@ def stop_group(pgid: int, timeout: float) -> None:
 
 
 class Supervisor:
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, keys: Keys) -> None:
         self.settings = settings
         self.own_store = settings.store_url is None
         sock = settings.data_dir.resolve() / "store.sock"
         self.store_url = settings.store_url or f"unix:{sock}"
         self.env = settings_env(settings.model_copy(update={"store_url": self.store_url}))
+        self.env.update(secret_env(settings, keys))
         self.env["DUCKCAST_SUPERVISED"] = "1"  # deploy/gunicorn.conf.py: metrics dir is ready
         self.store: subprocess.Popen[bytes] | None = None
         self.stopping = False

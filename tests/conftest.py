@@ -3,6 +3,7 @@ real app served in-process through its lifespan."""
 
 from __future__ import annotations
 
+import logging
 import shutil
 import socket
 import subprocess
@@ -16,6 +17,28 @@ import redis
 
 from service.api.app import create_app
 from service.config import Settings
+from tests.leakscan import SCAN, log_files, wrap_httpx, wrap_logging
+
+
+@pytest.fixture(scope="session", autouse=True)
+def no_secrets_in_logs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """Fails the run if any log record emitted in this process, or any log file a subprocess
+    wrote under the run's temporary directory, holds a token, password, cookie or secret
+    issued during the run (tests/leakscan.py says what counts). INFO records are kept too:
+    that is the level the service runs at."""
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(min(level, logging.INFO))
+    restore = wrap_logging(SCAN) + wrap_httpx(SCAN)
+    try:
+        yield
+    finally:
+        for owner, name, original in restore:
+            setattr(owner, name, original)
+        root.setLevel(level)
+    problems = SCAN.scan(log_files(tmp_path_factory.getbasetemp()))
+    if problems:
+        pytest.fail("secrets in the logs:\n" + "\n".join(problems[:20]), pytrace=False)
 
 
 def free_port() -> int:
@@ -37,9 +60,16 @@ def wait_until(predicate, timeout: float = 10.0, interval: float = 0.02) -> None
 class RedisServer:
     """A private redis-server that a test may stop and start again on the same port."""
 
-    def __init__(self, workdir: Path) -> None:
+    def __init__(
+        self, workdir: Path, *args: str, username: str | None = None, password: str | None = None
+    ) -> None:
+        """`args`: extra redis-server options (e.g. --requirepass, --user); `username` and
+        `password`: what the readiness ping authenticates with."""
         self.port = free_port()
         self.workdir = workdir
+        self.args = list(args)
+        self.username, self.password = username, password
+        self.tls_ca: Path | None = None  # set: the readiness ping speaks TLS, trusting this CA
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -63,11 +93,19 @@ class RedisServer:
                 "no",
                 "--dir",
                 str(self.workdir),
+                *self.args,
             ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
-        client = redis.Redis(port=self.port)
+        tls = {"ssl": True, "ssl_ca_certs": str(self.tls_ca)} if self.tls_ca else {}
+        client = redis.Redis(
+            host="127.0.0.1",
+            port=self.port,
+            username=self.username,
+            password=self.password,
+            **tls,  # type: ignore[arg-type]
+        )
         try:
             wait_until(lambda: _pings(client))
         finally:

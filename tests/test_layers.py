@@ -21,9 +21,12 @@ CORE = {
     "service.config",
     "service.constants",
     "service.errors",
+    "service.keys",
+    "service.logthrottle",
     "service.metrics",
     "service.paths",
     "service.pb",
+    "service.redaction",
     "service.wire",
 }
 # What each package may import besides itself and the core.
@@ -33,7 +36,11 @@ ALLOWED: dict[str, set[str]] = {
     "service.worker": set(),
     "service.api": {"service.realtime", "service.storeclient", "service.backplane"},
     "service.realtime": {"service.storeclient", "service.backplane"},
-    "service.store": {"service.storeclient.protocol", "service.backplane"},
+    "service.store": {
+        "service.storeclient.protocol",
+        "service.storeclient.handshake",
+        "service.backplane",
+    },
     "service.storeclient": {"service.backplane"},
     "service.backplane": set(),
     "service.client": set(),

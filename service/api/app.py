@@ -10,14 +10,17 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
-from starlette.types import Receive, Scope, Send
+from starlette.types import ASGIApp, Receive, Scope, Send
 
+from service import redaction
 from service.api import errors, fastpath
 from service.api.auth import RevokedTokens, TokenSigner
-from service.api.middleware import BodyLimit, Metrics
+from service.api.middleware import BodyLimit, Metrics, SecurityHeaders
+from service.api.revocation import RevocationSync
 from service.api.routes import events, items, ops, uploads, users
 from service.backplane import Backplane, backplane_from_url
 from service.config import Settings
+from service.keys import Keys, load_keys
 from service.realtime.hub import Hub
 from service.realtime.relay import EventRelay
 from service.storeclient import StoreClient, connect_store
@@ -31,10 +34,15 @@ def create_app(
     settings: Settings | None = None,
     store: StoreClient | None = None,
     backplane: Backplane | None = None,
+    keys: Keys | None = None,
 ) -> FastAPI:
+    redaction.install()  # gunicorn workers do not pass through the CLI's main()
     settings = settings or Settings()
-    backplane = backplane or backplane_from_url(settings.redis_url)
-    store = store or connect_store(settings, backplane)
+    keys = keys or load_keys(settings)
+    backplane = backplane or backplane_from_url(settings.redis_url, keys.backplane)
+    store = store or connect_store(settings, backplane, keys.store)
+    revoked = RevokedTokens()
+    revocations = RevocationSync(store, revoked, settings.revocation_poll_ms / 1000)
     hub = Hub(maxsize=settings.subscriber_buffer, flush_interval=settings.stream_flush_ms / 1000)
     poll = 1.0
     if settings.store_url and not settings.redis_url:
@@ -48,6 +56,7 @@ def create_app(
         await backplane.start()
         await store.start()  # embedded mode: also the store's outbox publisher
         await relay.start()
+        await revocations.start()
         restore_signals = _end_streams_on_signal(hub)
         try:
             yield
@@ -55,6 +64,7 @@ def create_app(
             # shutdown: end streams, stop consuming events, then release the store
             restore_signals()
             hub.close()
+            await revocations.close()
             await relay.close()
             await store.close()
             await backplane.close()
@@ -68,11 +78,15 @@ def create_app(
     app.state.settings = settings
     app.state.store = store
     app.state.hub = hub
-    app.state.signer = TokenSigner(settings.secret_key, settings.token_ttl_seconds)
-    app.state.revoked = RevokedTokens()
+    app.state.keys = keys
+    app.state.signer = TokenSigner(keys.token, settings.token_ttl_seconds)
+    app.state.revoked = revoked
+    app.state.revocations = revocations
     readiness: dict[str, Callable[[], str | None]] = {
         "backplane": lambda: None if backplane.live else "subscription is not live",
         "events": lambda: None if relay.started.is_set() else "event relay not started",
+        # Until then a token revoked elsewhere would still be accepted here.
+        "sessions": lambda: None if revocations.synced.is_set() else "revocations not loaded",
     }
     app.state.readiness = readiness
     errors.install(app)
@@ -90,9 +104,17 @@ def create_app(
 class DuckcastApp(FastAPI):
     """FastAPI, but the two event streams go straight to their ASGI handlers (a long-lived
     stream should hold as little as possible; service.api.routes.events), and the well-formed
-    cases of the three hottest item requests skip FastAPI's machinery (service.api.fastpath)."""
+    cases of the three hottest item requests skip FastAPI's machinery (service.api.fastpath).
+    SecurityHeaders wraps all of it: no answer leaves without them."""
+
+    _outer: ASGIApp | None = None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if self._outer is None:
+            self._outer = SecurityHeaders(self._dispatch)
+        await self._outer(scope, receive, send)
+
+    async def _dispatch(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "lifespan":
             scope["app"] = self
             stream = events.STREAMS.get((scope["type"], scope["path"]))

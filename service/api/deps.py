@@ -31,26 +31,42 @@ async def get_signer(conn: HTTPConnection) -> TokenSigner:
     return signer
 
 
-def _token(conn: HTTPConnection, allow_query: bool) -> str | None:
-    auth = conn.headers.get("authorization")
-    if auth:
-        scheme, _, value = auth.partition(" ")
-        if scheme.lower() == "bearer" and value:
-            return value.strip()
+def _candidates(conn: HTTPConnection, allow_query: bool) -> list[str]:
+    """The texts the request offers as its token, in order of precedence: the bearer header,
+    the session cookie, `?token=` (streams only). Whatever the text (non-ASCII, control
+    characters, 10 KB), TokenSigner.verify() only says no."""
+    found = []
+    scheme, _, value = conn.headers.get("authorization", "").partition(" ")
+    if scheme.lower() == "bearer" and value.strip():
+        found.append(value.strip())
     settings: Settings = conn.app.state.settings
     cookie = conn.cookies.get(settings.cookie_name)
     if cookie:
-        return cookie
-    if allow_query:
-        return conn.query_params.get("token")
-    return None
+        found.append(cookie)
+    if allow_query and (query := conn.query_params.get("token")):
+        found.append(query)
+    return found
+
+
+def presented_tokens(conn: HTTPConnection) -> list[Token]:
+    """Every valid, unrevoked token the request carries (header and cookie): what logout ends."""
+    signer: TokenSigner = conn.app.state.signer
+    revoked: RevokedTokens = conn.app.state.revoked
+    found = {}
+    for text in _candidates(conn, allow_query=False):
+        token = signer.verify(text)
+        if token is not None and token.id not in revoked:
+            found[token.id] = token
+    return list(found.values())
 
 
 def session(conn: HTTPConnection, allow_query: bool) -> Token:
-    """The caller's valid session token; Unauthorized otherwise."""
-    value = _token(conn, allow_query)
-    if value is None:
+    """The caller's valid session token: signed with this deployment's key, unexpired, not
+    revoked on any worker (service.api.revocation). Unauthorized otherwise."""
+    candidates = _candidates(conn, allow_query)
+    if not candidates:
         raise Unauthorized("not authenticated: send a bearer token or the session cookie")
+    value = candidates[0]
     state = conn.app.state
     signer: TokenSigner = state.signer
     token = signer.verify(value)

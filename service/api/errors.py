@@ -12,7 +12,13 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from service.api.negotiation import render_error, validation_message
-from service.errors import DuckcastError, StoreUnavailable, Unauthorized
+from service.errors import (
+    DuckcastError,
+    StoreTimeout,
+    StoreUnavailable,
+    TooManyRequests,
+    Unauthorized,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -22,15 +28,32 @@ async def _domain(request: Request, exc: Exception) -> Response:
     return error_response(request, exc)
 
 
+def public_message(exc: DuckcastError) -> str:
+    """What a client may read of an error. A store failure's own text names internal
+    addresses (the store's socket path or host): that goes to the log, never to a client."""
+    if isinstance(exc, StoreTimeout):
+        return "the store did not answer in time; retry later"
+    if isinstance(exc, StoreUnavailable):
+        return "the store is unavailable; retry later"
+    return exc.message
+
+
 def error_response(request: Request, exc: DuckcastError) -> Response:
     headers = None
     if isinstance(exc, StoreUnavailable):
         headers = {"Retry-After": "1"}
     elif isinstance(exc, Unauthorized):
         headers = {"WWW-Authenticate": "Bearer"}
+    elif isinstance(exc, TooManyRequests):
+        headers = {"Retry-After": str(exc.retry_after)}
     if exc.status >= 500:
         logger.warning("%s %s: %s", request.method, request.url.path, exc)
-    return render_error(request, exc.status, exc.message, headers)
+    return render_error(request, exc.status, public_message(exc), headers)
+
+
+async def _unexpected(request: Request, exc: Exception) -> Response:
+    # Starlette re-raises after sending this; service.api.middleware.SecurityHeaders logs it.
+    return render_error(request, 500, "internal server error")
 
 
 async def _validation(request: Request, exc: Exception) -> Response:
@@ -55,3 +78,4 @@ def install(app: FastAPI) -> None:
     app.add_exception_handler(RequestValidationError, _validation)
     app.add_exception_handler(ValidationError, _validation)
     app.add_exception_handler(HTTPException, _http)
+    app.add_exception_handler(Exception, _unexpected)

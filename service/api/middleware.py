@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import logging
 import time
+from collections.abc import Iterable
 
 from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -10,6 +12,8 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from service.api.negotiation import render_error
 from service.errors import PayloadTooLarge
 from service.metrics import HTTP_LATENCY, HTTP_REQUESTS
+
+logger = logging.getLogger(__name__)
 
 
 class BodyLimit:
@@ -77,3 +81,84 @@ class Metrics:
             method = scope["method"]
             HTTP_REQUESTS.labels(method, route, str(status)).inc()
             HTTP_LATENCY.labels(method, route).observe(time.perf_counter() - started)
+
+
+class SecurityHeaders:
+    """Wraps the whole app (streams and the hot path included), so it holds for every answer:
+
+    - `X-Content-Type-Options: nosniff` on every HTTP response;
+    - `Cache-Control: no-store` on everything under /api/ (sessions, items, users: nothing a
+      shared cache or the browser's disk should keep);
+    - a `Location` that points at the Host the client sent is made relative: the
+      trailing-slash redirect would otherwise send a victim to whatever Host an attacker
+      injected (cache poisoning);
+    - an exception that escapes the app becomes a 500 in the negotiated format with no
+      internals (logged here with its traceback), if no response has started yet.
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        secured = _SecuredSend(scope, send)
+        try:
+            await self.app(scope, receive, secured)
+        except Exception:
+            logger.exception("unhandled error on %s %s", scope["method"], scope["path"])
+            if not secured.started:
+                response = render_error(Request(scope), 500, "internal server error")
+                await response(scope, receive, secured)
+
+
+class _SecuredSend:
+    """`send` with the headers added. It keeps the server's `send.__self__` (uvicorn's
+    connection): the stream handlers read the connection's `disconnected` flag and abort a
+    stalled transport through it (service.api.routes.events._Client)."""
+
+    def __init__(self, scope: Scope, send: Send) -> None:
+        self._scope = scope
+        self._send = send
+        self._private = scope["path"].startswith("/api/")
+        self.started = False
+        self.__self__ = getattr(send, "__self__", None)
+
+    async def __call__(self, message: Message) -> None:
+        if message["type"] == "http.response.start":
+            self.started = True
+            message["headers"] = _secure_headers(
+                self._scope, message.get("headers", []), self._private
+            )
+        await self._send(message)
+
+
+_NOSNIFF = (b"x-content-type-options", b"nosniff")
+_NO_STORE = (b"cache-control", b"no-store")
+
+
+def _secure_headers(
+    scope: Scope, headers: Iterable[tuple[bytes, bytes]], private: bool
+) -> list[tuple[bytes, bytes]]:
+    out = [_NOSNIFF]
+    if private:
+        out.append(_NO_STORE)
+    for name, value in headers:
+        lower = name.lower()
+        if lower == b"x-content-type-options" or (private and lower == b"cache-control"):
+            continue
+        if lower == b"location":
+            value = _relative_location(scope, value)
+        out.append((name, value))
+    return out
+
+
+def _relative_location(scope: Scope, location: bytes) -> bytes:
+    host = dict(scope.get("headers", [])).get(b"host")
+    for scheme in (b"http://", b"https://"):
+        if host and location.startswith(scheme + host):
+            rest = location[len(scheme) + len(host) :]
+            if rest[:1] in (b"/", b""):
+                return b"/" + rest.lstrip(b"/")  # never "//host": protocol-relative
+    return location

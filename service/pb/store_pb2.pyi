@@ -39,6 +39,10 @@ class StoreRequest(_message.Message):
     GET_USER_BY_NAME_FIELD_NUMBER: _builtins.int
     GET_USER_FIELD_NUMBER: _builtins.int
     EVENTS_SINCE_FIELD_NUMBER: _builtins.int
+    REVOKE_TOKEN_FIELD_NUMBER: _builtins.int
+    REVOCATIONS_SINCE_FIELD_NUMBER: _builtins.int
+    RECORD_UPLOAD_FIELD_NUMBER: _builtins.int
+    DELETE_UPLOAD_FIELD_NUMBER: _builtins.int
     id: _builtins.int
     timeout_ms: _builtins.int
     """the caller gives up after this; the store may skip stale work"""
@@ -64,6 +68,16 @@ class StoreRequest(_message.Message):
     def get_user(self) -> Global___GetUser: ...
     @_builtins.property
     def events_since(self) -> Global___EventsSince: ...
+    @_builtins.property
+    def revoke_token(self) -> Global___RevokeToken:
+        """Security (issue 7): numbered apart so parallel additions above do not collide."""
+
+    @_builtins.property
+    def revocations_since(self) -> Global___RevocationsSince: ...
+    @_builtins.property
+    def record_upload(self) -> Global___RecordUpload: ...
+    @_builtins.property
+    def delete_upload(self) -> Global___DeleteUpload: ...
     def __init__(
         self,
         *,
@@ -80,12 +94,16 @@ class StoreRequest(_message.Message):
         get_user_by_name: Global___GetUserByName | None = ...,
         get_user: Global___GetUser | None = ...,
         events_since: Global___EventsSince | None = ...,
+        revoke_token: Global___RevokeToken | None = ...,
+        revocations_since: Global___RevocationsSince | None = ...,
+        record_upload: Global___RecordUpload | None = ...,
+        delete_upload: Global___DeleteUpload | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["create_items", b"create_items", "create_user", b"create_user", "delete_item", b"delete_item", "events_since", b"events_since", "get_item", b"get_item", "get_stats", b"get_stats", "get_user", b"get_user", "get_user_by_name", b"get_user_by_name", "list_items", b"list_items", "op", b"op", "ping", b"ping", "update_item", b"update_item"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["create_items", b"create_items", "create_user", b"create_user", "delete_item", b"delete_item", "delete_upload", b"delete_upload", "events_since", b"events_since", "get_item", b"get_item", "get_stats", b"get_stats", "get_user", b"get_user", "get_user_by_name", b"get_user_by_name", "list_items", b"list_items", "op", b"op", "ping", b"ping", "record_upload", b"record_upload", "revocations_since", b"revocations_since", "revoke_token", b"revoke_token", "update_item", b"update_item"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["create_items", b"create_items", "create_user", b"create_user", "delete_item", b"delete_item", "events_since", b"events_since", "get_item", b"get_item", "get_stats", b"get_stats", "get_user", b"get_user", "get_user_by_name", b"get_user_by_name", "id", b"id", "list_items", b"list_items", "op", b"op", "ping", b"ping", "timeout_ms", b"timeout_ms", "update_item", b"update_item"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["create_items", b"create_items", "create_user", b"create_user", "delete_item", b"delete_item", "delete_upload", b"delete_upload", "events_since", b"events_since", "get_item", b"get_item", "get_stats", b"get_stats", "get_user", b"get_user", "get_user_by_name", b"get_user_by_name", "id", b"id", "list_items", b"list_items", "op", b"op", "ping", b"ping", "record_upload", b"record_upload", "revocations_since", b"revocations_since", "revoke_token", b"revoke_token", "timeout_ms", b"timeout_ms", "update_item", b"update_item"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_op: _TypeAlias = _typing.Literal["ping", "create_items", "update_item", "delete_item", "get_item", "list_items", "get_stats", "create_user", "get_user_by_name", "get_user", "events_since"]  # noqa: Y015
+    _WhichOneofReturnType_op: _TypeAlias = _typing.Literal["ping", "create_items", "update_item", "delete_item", "get_item", "list_items", "get_stats", "create_user", "get_user_by_name", "get_user", "events_since", "revoke_token", "revocations_since", "record_upload", "delete_upload"]  # noqa: Y015
     _WhichOneofArgType_op: _TypeAlias = _typing.Literal["op", b"op"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_op) -> _WhichOneofReturnType_op | None: ...
 
@@ -338,6 +356,156 @@ class EventsSince(_message.Message):
 Global___EventsSince: _TypeAlias = EventsSince  # noqa: Y015
 
 @_typing.final
+class RevokeToken(_message.Message):
+    """Ends a session token before its expiry on every worker (logout)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TOKEN_ID_FIELD_NUMBER: _builtins.int
+    EXPIRES_AT_FIELD_NUMBER: _builtins.int
+    token_id: _builtins.str
+    expires_at: _builtins.int
+    """unix seconds: the revocation is forgotten after it"""
+    def __init__(
+        self,
+        *,
+        token_id: _builtins.str = ...,
+        expires_at: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["expires_at", b"expires_at", "token_id", b"token_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RevokeToken: _TypeAlias = RevokeToken  # noqa: Y015
+
+@_typing.final
+class RevocationsSince(_message.Message):
+    """Revocations with rev > after_rev, oldest first; every worker polls this."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    AFTER_REV_FIELD_NUMBER: _builtins.int
+    after_rev: _builtins.int
+    def __init__(
+        self,
+        *,
+        after_rev: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["after_rev", b"after_rev"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RevocationsSince: _TypeAlias = RevocationsSince  # noqa: Y015
+
+@_typing.final
+class Revocation(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TOKEN_ID_FIELD_NUMBER: _builtins.int
+    EXPIRES_AT_FIELD_NUMBER: _builtins.int
+    REV_FIELD_NUMBER: _builtins.int
+    token_id: _builtins.str
+    expires_at: _builtins.int
+    rev: _builtins.int
+    def __init__(
+        self,
+        *,
+        token_id: _builtins.str = ...,
+        expires_at: _builtins.int = ...,
+        rev: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["expires_at", b"expires_at", "rev", b"rev", "token_id", b"token_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Revocation: _TypeAlias = Revocation  # noqa: Y015
+
+@_typing.final
+class Revocations(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REVOCATIONS_FIELD_NUMBER: _builtins.int
+    LAST_REV_FIELD_NUMBER: _builtins.int
+    RESET_FIELD_NUMBER: _builtins.int
+    last_rev: _builtins.int
+    reset: _builtins.bool
+    """after_rev is ahead of the store (a new database): all live ones follow"""
+    @_builtins.property
+    def revocations(self) -> _containers.RepeatedCompositeFieldContainer[Global___Revocation]: ...
+    def __init__(
+        self,
+        *,
+        revocations: _abc.Iterable[Global___Revocation] | None = ...,
+        last_rev: _builtins.int = ...,
+        reset: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["last_rev", b"last_rev", "reset", b"reset", "revocations", b"revocations"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Revocations: _TypeAlias = Revocations  # noqa: Y015
+
+@_typing.final
+class RecordUpload(_message.Message):
+    """Checked against the owner's quota and rate, then recorded (the file is written after)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ACTOR_ID_FIELD_NUMBER: _builtins.int
+    NAME_FIELD_NUMBER: _builtins.int
+    SIZE_FIELD_NUMBER: _builtins.int
+    CONTENT_TYPE_FIELD_NUMBER: _builtins.int
+    actor_id: _builtins.int
+    name: _builtins.str
+    size: _builtins.int
+    content_type: _builtins.str
+    def __init__(
+        self,
+        *,
+        actor_id: _builtins.int = ...,
+        name: _builtins.str = ...,
+        size: _builtins.int = ...,
+        content_type: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["actor_id", b"actor_id", "content_type", b"content_type", "name", b"name", "size", b"size"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RecordUpload: _TypeAlias = RecordUpload  # noqa: Y015
+
+@_typing.final
+class DeleteUpload(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ACTOR_ID_FIELD_NUMBER: _builtins.int
+    NAME_FIELD_NUMBER: _builtins.int
+    actor_id: _builtins.int
+    name: _builtins.str
+    def __init__(
+        self,
+        *,
+        actor_id: _builtins.int = ...,
+        name: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["actor_id", b"actor_id", "name", b"name"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DeleteUpload: _TypeAlias = DeleteUpload  # noqa: Y015
+
+@_typing.final
 class StoreError(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -354,6 +522,10 @@ class StoreError(_message.Message):
         INVALID: StoreError._Code.ValueType  # 4
         UNAVAILABLE: StoreError._Code.ValueType  # 5
         TIMEOUT: StoreError._Code.ValueType  # 6
+        UNAUTHENTICATED: StoreError._Code.ValueType  # 20
+        """the actor does not exist (a token for a user the store never had)"""
+        TOO_MANY_REQUESTS: StoreError._Code.ValueType  # 21
+        TOO_LARGE: StoreError._Code.ValueType  # 22
 
     class Code(_Code, metaclass=_CodeEnumTypeWrapper): ...
     INTERNAL: StoreError.Code.ValueType  # 0
@@ -363,6 +535,10 @@ class StoreError(_message.Message):
     INVALID: StoreError.Code.ValueType  # 4
     UNAVAILABLE: StoreError.Code.ValueType  # 5
     TIMEOUT: StoreError.Code.ValueType  # 6
+    UNAUTHENTICATED: StoreError.Code.ValueType  # 20
+    """the actor does not exist (a token for a user the store never had)"""
+    TOO_MANY_REQUESTS: StoreError.Code.ValueType  # 21
+    TOO_LARGE: StoreError.Code.ValueType  # 22
 
     CODE_FIELD_NUMBER: _builtins.int
     MESSAGE_FIELD_NUMBER: _builtins.int
@@ -486,6 +662,10 @@ class StoreResponse(_message.Message):
     USER_FIELD_NUMBER: _builtins.int
     USER_RECORD_FIELD_NUMBER: _builtins.int
     EVENTS_FIELD_NUMBER: _builtins.int
+    REVOKED_FIELD_NUMBER: _builtins.int
+    REVOCATIONS_FIELD_NUMBER: _builtins.int
+    UPLOAD_FIELD_NUMBER: _builtins.int
+    UPLOAD_DELETED_FIELD_NUMBER: _builtins.int
     id: _builtins.int
     @_builtins.property
     def error(self) -> Global___StoreError: ...
@@ -507,6 +687,14 @@ class StoreResponse(_message.Message):
     def user_record(self) -> Global___UserRecord: ...
     @_builtins.property
     def events(self) -> Global___EventBatch: ...
+    @_builtins.property
+    def revoked(self) -> Global___Revocation: ...
+    @_builtins.property
+    def revocations(self) -> Global___Revocations: ...
+    @_builtins.property
+    def upload(self) -> _duckcast_pb2.UploadResult: ...
+    @_builtins.property
+    def upload_deleted(self) -> Global___Deleted: ...
     def __init__(
         self,
         *,
@@ -521,12 +709,16 @@ class StoreResponse(_message.Message):
         user: _duckcast_pb2.User | None = ...,
         user_record: Global___UserRecord | None = ...,
         events: Global___EventBatch | None = ...,
+        revoked: Global___Revocation | None = ...,
+        revocations: Global___Revocations | None = ...,
+        upload: _duckcast_pb2.UploadResult | None = ...,
+        upload_deleted: Global___Deleted | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["deleted", b"deleted", "error", b"error", "events", b"events", "item", b"item", "items", b"items", "page", b"page", "pong", b"pong", "result", b"result", "stats", b"stats", "user", b"user", "user_record", b"user_record"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["deleted", b"deleted", "error", b"error", "events", b"events", "item", b"item", "items", b"items", "page", b"page", "pong", b"pong", "result", b"result", "revocations", b"revocations", "revoked", b"revoked", "stats", b"stats", "upload", b"upload", "upload_deleted", b"upload_deleted", "user", b"user", "user_record", b"user_record"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["deleted", b"deleted", "error", b"error", "events", b"events", "id", b"id", "item", b"item", "items", b"items", "page", b"page", "pong", b"pong", "result", b"result", "stats", b"stats", "user", b"user", "user_record", b"user_record"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["deleted", b"deleted", "error", b"error", "events", b"events", "id", b"id", "item", b"item", "items", b"items", "page", b"page", "pong", b"pong", "result", b"result", "revocations", b"revocations", "revoked", b"revoked", "stats", b"stats", "upload", b"upload", "upload_deleted", b"upload_deleted", "user", b"user", "user_record", b"user_record"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_result: _TypeAlias = _typing.Literal["error", "pong", "items", "item", "deleted", "page", "stats", "user", "user_record", "events"]  # noqa: Y015
+    _WhichOneofReturnType_result: _TypeAlias = _typing.Literal["error", "pong", "items", "item", "deleted", "page", "stats", "user", "user_record", "events", "revoked", "revocations", "upload", "upload_deleted"]  # noqa: Y015
     _WhichOneofArgType_result: _TypeAlias = _typing.Literal["result", b"result"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_result) -> _WhichOneofReturnType_result | None: ...
 

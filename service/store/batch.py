@@ -16,16 +16,31 @@ from typing import Any
 
 import duckdb
 
-from service.errors import Conflict, DuckcastError, Forbidden, Invalid, NotFound
+from service.errors import Conflict, DuckcastError, Forbidden, Invalid, NotFound, Unauthorized
 from service.pb import duckcast_pb2 as pb
 from service.pb import store_pb2 as spb
+from service.store import revocations
 from service.store.cache import ItemCache
 from service.store.rows import events_table, item_from_row, items_table, users_table
 from service.store.schema import ITEM_COLUMNS
+from service.store.uploads import UploadLimits, delete_upload, record_upload
 from service.wire import set_us
 
 STATUSES = ("active", "completed")
-WriteOp = spb.CreateItems | spb.UpdateItem | spb.DeleteItem | spb.CreateUser
+ItemOp = spb.CreateItems | spb.UpdateItem | spb.DeleteItem | spb.CreateUser
+WriteOp = (
+    spb.CreateItems
+    | spb.UpdateItem
+    | spb.DeleteItem
+    | spb.CreateUser
+    | spb.RevokeToken
+    | spb.RecordUpload
+    | spb.DeleteUpload
+)
+# Ops that act as a user: the user must exist. Users are never deleted and ids only grow, so
+# "exists" is `id < next_user_id`, known without a query (a token minted with a leaked key
+# for user -5 or 10**12 writes nothing).
+_ACTOR_OPS = (spb.CreateItems, spb.UpdateItem, spb.DeleteItem, spb.RecordUpload, spb.DeleteUpload)
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,6 +77,7 @@ class StoreState:
     next_user_id: int = 1
     last_seq: int = 0
     first_seq: int = 1  # oldest event still in the log
+    last_rev: int = 0  # newest token revocation
     counters: Counters = field(default_factory=Counters)
 
 
@@ -89,6 +105,7 @@ class WritePlan:
         self.touched: dict[int, pb.Item | None] = {}
         self.events: list[pb.DomainEvent] = []
         self.users: list[tuple[int, str, str, int]] = []
+        self.revocations: list[spb.Revocation] = []
         self._on_commit = on_commit
 
     def committed(self) -> None:
@@ -102,6 +119,7 @@ def apply_batch(
     cache: ItemCache,
     now_us: int,
     on_commit: Callable[[WritePlan], None],
+    upload_limits: UploadLimits = UploadLimits(),
 ) -> WritePlan:
     plan = WritePlan(state, on_commit)
     view = _load_view(con, ops, cache)
@@ -122,7 +140,20 @@ def apply_batch(
 
     for op in ops:
         try:
-            plan.results.append(_apply_one(op, view, st, taken, plan, emit, now_us))
+            if isinstance(op, _ACTOR_OPS) and not 1 <= op.actor_id < st.next_user_id:
+                raise Unauthorized("the session's user does not exist")
+            if isinstance(op, spb.RecordUpload):
+                plan.results.append(record_upload(con, op, now_us, upload_limits))
+            elif isinstance(op, spb.DeleteUpload):
+                plan.results.append(delete_upload(con, op))
+            elif isinstance(op, spb.RevokeToken):
+                st.last_rev += 1
+                revoked = spb.Revocation(token_id=op.token_id, expires_at=op.expires_at)
+                revoked.rev = st.last_rev
+                plan.revocations.append(revoked)
+                plan.results.append(revoked)
+            else:
+                plan.results.append(_apply_one(op, view, st, taken, plan, emit, now_us))
         except DuckcastError as exc:
             plan.results.append(exc)
 
@@ -138,11 +169,13 @@ def apply_batch(
         _insert(con, "users", users_table(plan.users))
     if plan.events:
         _insert(con, "events", events_table(plan.events))
+    if plan.revocations:
+        revocations.insert(con, plan.revocations)
     return plan
 
 
 def _apply_one(
-    op: WriteOp,
+    op: ItemOp,
     view: dict[int, Any],
     st: StoreState,
     taken: set[str],

@@ -18,6 +18,7 @@ import duckdb
 from service import errors
 from service.pb import duckcast_pb2 as pb
 from service.pb import store_pb2 as spb
+from service.store import revocations
 from service.store.batch import (
     Counters,
     StoreState,
@@ -29,6 +30,7 @@ from service.store.batch import (
 from service.store.cache import ItemCache, PageCache
 from service.store.reads import PageReader, PointReader, ReadPool, select_events, select_user
 from service.store.schema import migrate
+from service.store.uploads import UploadLimits
 from service.store.writer import GroupCommitWriter
 from service.storeclient.protocol import error_code
 
@@ -37,6 +39,16 @@ logger = logging.getLogger(__name__)
 RECENT_EVENTS = 10_000  # served from memory to resuming subscribers and gap repair
 MAX_EVENTS_PER_CALL = 5_000
 EventListener = Callable[[list[pb.DomainEvent]], None]
+# Write ops (through the single writer) and the StoreResponse field of their result.
+WRITES = {
+    "create_items": "items",
+    "update_item": "item",
+    "delete_item": "deleted",
+    "create_user": "user",
+    "revoke_token": "revoked",
+    "record_upload": "upload",
+    "delete_upload": "upload_deleted",
+}
 
 
 class StoreEngine:
@@ -49,8 +61,11 @@ class StoreEngine:
         commit_window: float = 0.0,
         max_batch: int = 2000,
         event_retention: int = 100_000,
+        upload_limits: UploadLimits = UploadLimits(),
     ) -> None:
         self.path = path
+        self._upload_limits = upload_limits
+        self.revocations = revocations.RevocationLog()
         self._read_threads = read_threads
         self._item_cache: ItemCache = ItemCache(item_cache_size)
         self._page_cache: PageCache = PageCache(4096)
@@ -67,18 +82,21 @@ class StoreEngine:
     # -- lifecycle ------------------------------------------------------------------------
 
     def open(self) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        private_dir(self.path.parent)
         # Checkpoint ourselves when idle; the automatic one slows as the indexes grow.
         con = duckdb.connect(str(self.path), config={"checkpoint_threshold": "256MB"})
+        self.path.chmod(0o600)  # password hashes: the owner only, whatever the umask
         migrate(con)
         self.state = _load_state(con)
+        self.revocations.load(con)
+        self.state.last_rev = self.revocations.last_rev
         self._con = con
         self._writer: GroupCommitWriter[WriteOp] = GroupCommitWriter(
             con.cursor(),
             self._apply,
             window=self._commit_window,
             max_batch=self._max_batch,
-            on_idle=_checkpoint,
+            on_idle=_idle,
             on_batch=self._observe_batch,
         )
         self._writer.start()
@@ -107,7 +125,13 @@ class StoreEngine:
 
     def _apply(self, con: duckdb.DuckDBPyConnection, ops: Sequence[WriteOp]) -> WritePlan:
         plan = apply_batch(
-            con, ops, self.state, self._item_cache, time.time_ns() // 1000, self._committed
+            con,
+            ops,
+            self.state,
+            self._item_cache,
+            time.time_ns() // 1000,
+            self._committed,
+            self._upload_limits,
         )
         st = plan.state
         if (st.next_item_id, st.next_user_id) != (self.state.next_item_id, self.state.next_user_id):
@@ -126,6 +150,8 @@ class StoreEngine:
         if plan.touched:
             self._item_cache.commit(plan.touched.items())
             self._page_cache.commit((), clear=True)
+        if plan.revocations:
+            self.revocations.committed(plan.revocations)
         if plan.events:
             with self._recent_lock:
                 self._recent.extend(plan.events)
@@ -169,15 +195,11 @@ class StoreEngine:
             resp.page.CopyFrom(await self._list(req.list_items))
         elif kind == "get_stats":
             resp.stats.CopyFrom(self.state.counters.stats())
-        elif kind in ("create_items", "update_item", "delete_item", "create_user"):
+        elif kind in WRITES:
             result = await self._writer.submit(getattr(req, kind), deadline)
-            field = {
-                "create_items": "items",
-                "update_item": "item",
-                "delete_item": "deleted",
-                "create_user": "user",
-            }[kind]
-            getattr(resp, field).CopyFrom(result)
+            getattr(resp, WRITES[kind]).CopyFrom(result)
+        elif kind == "revocations_since":
+            resp.revocations.CopyFrom(self.revocations.since(req.revocations_since.after_rev))
         elif kind in ("get_user", "get_user_by_name"):
             if kind == "get_user":
                 uid = req.get_user.user_id
@@ -252,6 +274,22 @@ def _load_state(con: duckdb.DuckDBPyConnection) -> StoreState:
         first_seq=int(seqs[0]) if seqs[0] is not None else last + 1,
         counters=Counters(int(agg[0]), int(agg[1]), int(agg[2])),
     )
+
+
+def private_dir(path: Path) -> None:
+    """Create `path` for the owner only, and take group/other access from an existing one:
+    it holds the database (password hashes), the secret key and the store's socket."""
+    path.mkdir(parents=True, exist_ok=True, mode=0o700)
+    if path.stat().st_mode & 0o077:
+        try:
+            path.chmod(0o700)
+        except PermissionError:
+            logger.warning("%s is readable by others and not ours to change", path)
+
+
+def _idle(con: duckdb.DuckDBPyConnection) -> None:
+    revocations.prune(con)
+    _checkpoint(con)
 
 
 def _checkpoint(con: duckdb.DuckDBPyConnection) -> None:

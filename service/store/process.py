@@ -7,9 +7,11 @@ import logging
 import signal
 
 from service.config import Settings
+from service.keys import Keys
 from service.metrics import observe_batch
 from service.store.engine import StoreEngine
 from service.store.server import StoreServer
+from service.store.uploads import UploadLimits
 
 logger = logging.getLogger(__name__)
 
@@ -22,10 +24,13 @@ def build_engine(settings: Settings) -> StoreEngine:
         commit_window=settings.commit_window_ms / 1000,
         max_batch=settings.max_batch,
         event_retention=settings.event_retention,
+        upload_limits=UploadLimits(settings.upload_quota_bytes, settings.upload_rate_per_minute),
     )
 
 
-async def run_store(settings: Settings, listen: str, metrics_port: int | None = None) -> None:
+async def run_store(
+    settings: Settings, keys: Keys, listen: str, metrics_port: int | None = None
+) -> None:
     engine = build_engine(settings)
     await asyncio.to_thread(engine.open)
     engine.add_batch_observer(observe_batch)
@@ -38,12 +43,12 @@ async def run_store(settings: Settings, listen: str, metrics_port: int | None = 
         from service.backplane import backplane_from_url
         from service.store.outbox import OutboxPublisher
 
-        backplane = backplane_from_url(settings.redis_url)
+        backplane = backplane_from_url(settings.redis_url, keys.backplane)
         publisher = OutboxPublisher(engine, backplane, settings.data_dir / "published_seq")
         await publisher.start()
     else:
         logger.warning("REDIS_URL is not set: change events are not published to workers")
-    server = StoreServer(engine, listen)
+    server = StoreServer(engine, listen, key=keys.store)
     await server.start()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

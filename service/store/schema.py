@@ -40,6 +40,25 @@ MIGRATIONS: list[tuple[int, str]] = [
         INSERT INTO id_counters VALUES (1, 1);
         """,
     ),
+    (
+        2,
+        """
+        -- Tokens ended before their expiry (logout); every worker polls for new ones by rev.
+        CREATE TABLE revoked_tokens (
+            token_id VARCHAR PRIMARY KEY,
+            expires_at BIGINT NOT NULL,
+            rev BIGINT NOT NULL
+        );
+        -- Who uploaded what, for quotas, rates and deletion by the owner.
+        CREATE TABLE uploads (
+            name VARCHAR PRIMARY KEY,
+            owner_id BIGINT NOT NULL,
+            size BIGINT NOT NULL,
+            content_type VARCHAR NOT NULL,
+            created_us BIGINT NOT NULL
+        );
+        """,
+    ),
 ]
 
 ITEM_COLUMNS = "id, title, description, status, priority, owner_id, created_us, updated_us, version"

@@ -16,16 +16,23 @@ from pathlib import Path
 
 from google.protobuf.message import DecodeError
 
+from service.logthrottle import ThrottledWarning
+from service.metrics import STORE_HANDSHAKES_REFUSED
 from service.pb import store_pb2 as spb
 from service.store.engine import StoreEngine
+from service.storeclient.handshake import PROBE, store_handshake
 from service.storeclient.protocol import ProtocolError, encode_frame, parse_address, read_frame
 
 logger = logging.getLogger(__name__)
+_refused = ThrottledWarning(logger)
 
 
 class StoreServer:
-    def __init__(self, engine: StoreEngine, listen: str, *, max_in_flight: int = 4096) -> None:
+    def __init__(
+        self, engine: StoreEngine, listen: str, *, key: bytes, max_in_flight: int = 4096
+    ) -> None:
         self._engine = engine
+        self._key = key
         self._listen = listen
         self._max_in_flight = max_in_flight
         self._server: asyncio.Server | None = None
@@ -39,6 +46,7 @@ class StoreServer:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(addr)  # a stale socket from a crashed store
             self._server = await asyncio.start_unix_server(self._serve, path=addr)
+            os.chmod(addr, 0o600)  # and its directory is the owner's only (private_dir)
         else:
             assert isinstance(addr, tuple)
             self._server = await asyncio.start_server(self._serve, addr[0], addr[1])
@@ -59,6 +67,14 @@ class StoreServer:
         handlers: set[asyncio.Task[None]] = set()
         out = _Coalescer(writer)
         try:
+            refused = await store_handshake(reader, writer, self._key)
+            if refused == PROBE:
+                return
+            if refused is not None:
+                STORE_HANDSHAKES_REFUSED.inc()
+                peer = writer.get_extra_info("peername") or "a local client"
+                _refused("refused a store connection from %s: %s", peer, refused)
+                return
             while True:
                 frame = await read_frame(reader)
                 try:

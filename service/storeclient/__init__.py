@@ -11,7 +11,8 @@ from service.storeclient.base import StoreClient
 __all__ = ["StoreClient", "connect_store"]
 
 
-def connect_store(settings: Settings, backplane: Backplane) -> StoreClient:
+def connect_store(settings: Settings, backplane: Backplane, store_key: bytes) -> StoreClient:
+    """`store_key`: service.keys.Keys.store, proven to a store process when connecting."""
     client: StoreClient
     if settings.store_url is None:
         from service.store.embedded import EmbeddedStore
@@ -21,6 +22,8 @@ def connect_store(settings: Settings, backplane: Backplane) -> StoreClient:
     else:
         from service.storeclient.socket import SocketStoreClient
 
-        client = SocketStoreClient(settings.store_url, max_in_flight=settings.store_max_in_flight)
+        client = SocketStoreClient(
+            settings.store_url, key=store_key, max_in_flight=settings.store_max_in_flight
+        )
     client.timeout = settings.store_timeout_seconds
     return client

@@ -86,3 +86,21 @@ class StoreClient(abc.ABC):
     async def events_since(self, after_seq: int, limit: int = 0) -> spb.EventBatch:
         op = spb.EventsSince(after_seq=after_seq, limit=limit)
         return (await self._ok(spb.StoreRequest(events_since=op))).events
+
+    async def revoke_token(self, token_id: str, expires_at: int) -> spb.Revocation:
+        op = spb.RevokeToken(token_id=token_id, expires_at=expires_at)
+        return (await self._ok(spb.StoreRequest(revoke_token=op))).revoked
+
+    async def revocations_since(self, after_rev: int) -> spb.Revocations:
+        op = spb.RevocationsSince(after_rev=after_rev)
+        return (await self._ok(spb.StoreRequest(revocations_since=op))).revocations
+
+    async def record_upload(
+        self, actor_id: int, name: str, size: int, content_type: str
+    ) -> pb.UploadResult:
+        op = spb.RecordUpload(actor_id=actor_id, name=name, size=size, content_type=content_type)
+        return (await self._ok(spb.StoreRequest(record_upload=op))).upload
+
+    async def delete_upload(self, actor_id: int, name: str) -> None:
+        op = spb.DeleteUpload(actor_id=actor_id, name=name)
+        await self._ok(spb.StoreRequest(delete_upload=op))

@@ -21,6 +21,9 @@ _BY_CODE: dict[int, type[errors.DuckcastError]] = {
     spb.StoreError.INVALID: errors.Invalid,
     spb.StoreError.UNAVAILABLE: errors.StoreUnavailable,
     spb.StoreError.TIMEOUT: errors.StoreTimeout,
+    spb.StoreError.UNAUTHENTICATED: errors.Unauthorized,
+    spb.StoreError.TOO_MANY_REQUESTS: errors.TooManyRequests,
+    spb.StoreError.TOO_LARGE: errors.PayloadTooLarge,
 }
 _BY_CLASS = {cls: code for code, cls in _BY_CODE.items()}
 

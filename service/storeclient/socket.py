@@ -19,6 +19,7 @@ import time
 from service.errors import StoreTimeout, StoreUnavailable
 from service.pb import store_pb2 as spb
 from service.storeclient.base import StoreClient
+from service.storeclient.handshake import HandshakeError, client_handshake
 from service.storeclient.protocol import encode_frame, parse_address, read_frame
 
 logger = logging.getLogger(__name__)
@@ -28,8 +29,9 @@ SWEEP_INTERVAL = 0.05  # seconds between deadline checks
 
 
 class SocketStoreClient(StoreClient):
-    def __init__(self, url: str, *, max_in_flight: int = 1024) -> None:
+    def __init__(self, url: str, *, key: bytes, max_in_flight: int = 1024) -> None:
         self.url = url
+        self._key = key
         self._address = parse_address(url)
         self._slots = asyncio.Semaphore(max_in_flight)
         self._pending: dict[int, asyncio.Future[spb.StoreResponse]] = {}
@@ -128,10 +130,11 @@ class SocketStoreClient(StoreClient):
                     assert isinstance(addr, tuple)
                     async with asyncio.timeout(self.timeout):
                         reader, writer = await asyncio.open_connection(addr[0], addr[1])
-            except (OSError, TimeoutError) as exc:
+                await _authenticate(reader, writer, self._key, self.timeout)
+            except (OSError, TimeoutError, HandshakeError) as exc:
                 self._backoff = min(max(self._backoff * 2, BACKOFF_MIN), BACKOFF_MAX)
                 self._retry_at = time.monotonic() + self._backoff
-                self._last_error = exc.strerror or str(exc)
+                self._last_error = getattr(exc, "strerror", None) or str(exc)
                 raise StoreUnavailable(f"store unreachable at {self.url}: {exc}") from None
             self._backoff = 0.0
             self._writer = writer
@@ -161,3 +164,13 @@ class SocketStoreClient(StoreClient):
             if not future.done():
                 future.set_exception(exc)
         self._pending.clear()
+
+
+async def _authenticate(
+    reader: asyncio.StreamReader, writer: asyncio.StreamWriter, key: bytes, within: float
+) -> None:
+    try:
+        await client_handshake(reader, writer, key, within)
+    except BaseException:
+        writer.close()
+        raise

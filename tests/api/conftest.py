@@ -8,6 +8,7 @@ That keeps the suite fast; the tests of register/login themselves go through HTT
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -100,12 +101,19 @@ class SmallApp:
     settings: Settings
 
 
-@pytest.fixture
-async def small(tmp_path: Path) -> AsyncIterator[SmallApp]:
-    """The real app built with small body and upload limits (2048 and 1024 bytes)."""
-    settings = Settings(data_dir=tmp_path / "d", max_body_bytes=2048, upload_max_bytes=1024)
+@contextlib.asynccontextmanager
+async def running(settings: Settings) -> AsyncIterator[SmallApp]:
+    """The real app built with `settings`, through its lifespan, and a client for it."""
     application = create_app(settings)
     async with application.router.lifespan_context(application):
         transport = httpx.ASGITransport(app=application)
         async with httpx.AsyncClient(transport=transport, base_url="http://test") as c:
             yield SmallApp(application, c, settings)
+
+
+@pytest.fixture
+async def small(tmp_path: Path) -> AsyncIterator[SmallApp]:
+    """The real app built with small body and upload limits (2048 and 1024 bytes)."""
+    settings = Settings(data_dir=tmp_path / "d", max_body_bytes=2048, upload_max_bytes=1024)
+    async with running(settings) as served:
+        yield served

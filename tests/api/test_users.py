@@ -13,6 +13,7 @@ from fastapi import FastAPI
 from service.api.auth import TokenSigner
 from service.config import Settings
 from service.errors import NotFound
+from service.keys import derive
 from service.pb import duckcast_pb2 as pb
 from tests.api.conftest import PASSWORD, Account, MakeUser
 from tests.api.wire import JSON, PROTOBUF, X_PROTOBUF, Wire, error_message
@@ -218,11 +219,20 @@ async def test_logout_revokes_the_bearer_token(
     assert (await client.get("/api/items", headers=bearer)).status_code == 401
 
 
-async def test_logout_requires_session(client: httpx.AsyncClient) -> None:
-    """API.md: every /api/* call other than register and login needs a bearer token or the
-    session cookie (401 otherwise) -- logout included."""
-    r = await client.post("/api/logout")
-    assert r.status_code == 401, r.status_code
+async def test_logout_always_answers_204_and_clears_the_cookie(
+    app: FastAPI, client: httpx.AsyncClient, alice: Account, settings: Settings
+) -> None:
+    """API.md: logout answers 204 and clears the cookie always: without credentials, and with
+    an expired, forged or garbage cookie (a client must always be able to sign out)."""
+    ttl = settings.token_ttl_seconds
+    expired = app.state.signer.issue(alice.id, now=time.time() - 2 * ttl).value
+    forged = "v2.1.1.AAAAAAAAAAAAAAAAAAAAAA.AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA"
+    for cookie in (None, "garbage", forged, expired):
+        headers = {"Cookie": f"{settings.cookie_name}={cookie}"} if cookie else {}
+        r = await client.post("/api/logout", headers=headers)
+        assert r.status_code == 204, (cookie, r.status_code)
+        morsel = session_cookie(r, settings.cookie_name)[settings.cookie_name]
+        assert morsel.value in ("", '""') and morsel["max-age"] == "0", cookie
 
 
 async def test_me_with_bearer(client: httpx.AsyncClient, alice: Account, wire: Wire) -> None:
@@ -244,22 +254,24 @@ async def test_me_with_cookie_alone(
 
 
 async def test_me_rejects_bad_credentials(
-    client: httpx.AsyncClient, alice: Account, bob: Account, settings: Settings
+    app: FastAPI, client: httpx.AsyncClient, alice: Account, bob: Account, settings: Settings
 ) -> None:
     """No credentials, a garbage, forged, tampered, foreign-secret or expired token: 401 with
     WWW-Authenticate, in JSON and in protobuf."""
-    _, uid, exp, sig = alice.token.split(".")
+    _, uid, exp, tid, sig = alice.token.split(".")
     flipped = ("A" if sig[0] != "A" else "B") + sig[1:]
     ttl = settings.token_ttl_seconds
-    expired = TokenSigner(settings.secret_key, ttl).issue(alice.id, now=time.time() - 2 * ttl)
-    foreign = TokenSigner("another-secret-entirely", ttl).issue(alice.id)
+    own_key = app.state.keys.token
+    expired = TokenSigner(own_key, ttl).issue(alice.id, now=time.time() - 2 * ttl)
+    foreign = TokenSigner(derive(b"another-secret-entirely", "token"), ttl).issue(alice.id)
     bad_tokens = [
         "garbage",
-        "v1.1.9999999999.AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA",  # forged
-        f"v1.{bob.id}.{exp}.{sig}",  # another user's id under alice's signature
-        f"v1.{uid}.{int(exp) + 1000}.{sig}",  # extended expiry
-        f"v1.{uid}.{exp}.{flipped}",  # signature altered
-        f"v2.{uid}.{exp}.{sig}",
+        f"v2.1.9999999999.{tid}.AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA",  # forged
+        f"v2.{bob.id}.{exp}.{tid}.{sig}",  # another user's id under alice's signature
+        f"v2.{uid}.{int(exp) + 1000}.{tid}.{sig}",  # extended expiry
+        f"v2.{uid}.{exp}.{tid}.{flipped}",  # signature altered
+        f"v2.{uid}.{exp}.{tid[::-1]}.{sig}",  # another token id
+        f"v1.{uid}.{exp}.{sig}",  # the old format
         f"{alice.token}.extra",
         foreign.value,
         expired.value,

@@ -25,6 +25,7 @@ import httpx
 import pytest
 
 from tests.conftest import RedisServer, free_port, wait_until
+from tests.leakscan import remember
 from tests.procs import children, cmdline, group_members
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -79,9 +80,11 @@ class Service:
             for k, v in os.environ.items()
             if not k.startswith("DUCKCAST_") and k not in ("REDIS_URL", "PROMETHEUS_MULTIPROC_DIR")
         }
+        secret = secrets.token_hex(32)
+        remember(secret)  # the log scan fails the run if it shows up in a log
         base |= {
             "REDIS_URL": redis.url,
-            "DUCKCAST_SECRET_KEY": secrets.token_hex(32),
+            "DUCKCAST_SECRET_KEY": secret,
             "PYTHONUNBUFFERED": "1",
         }
         self.env = base | env

@@ -30,6 +30,7 @@ from service.pb import duckcast_pb2 as pb
 from service.store.engine import StoreEngine
 from service.storeclient.inprocess import InProcessStoreClient
 from tests.conftest import free_port
+from tests.seed import seed_users
 
 TIMEOUT = 10.0  # upper bound for anything a test waits for; never a fixed sleep
 
@@ -52,6 +53,7 @@ async def until(
 
 @pytest.fixture
 def engine(tmp_path: Path) -> Iterator[StoreEngine]:
+    seed_users(tmp_path / "store.duckdb")
     eng = StoreEngine(tmp_path / "store.duckdb", read_threads=2)
     eng.open()
     yield eng

@@ -22,6 +22,7 @@ from service.store.outbox import OutboxPublisher
 from service.storeclient.inprocess import InProcessStoreClient
 from tests.conftest import RedisServer
 from tests.realtime.conftest import TIMEOUT, until
+from tests.seed import seed_users
 
 
 class Listener:
@@ -163,6 +164,7 @@ async def test_restarted_publisher_does_not_republish(
     data resume after what was already published, so the first message after the restart
     carries only the new commit."""
     db, state = tmp_path / "restart.duckdb", tmp_path / "published_seq"
+    seed_users(db)
     engine = StoreEngine(db, read_threads=1)
     engine.open()
     try:
@@ -247,6 +249,7 @@ async def test_restart_before_the_first_publish_still_publishes_the_backlog(
     the restarted publisher publishes them once Redis is up. (Today `published` is persisted
     only after a successful publish, and a missing state file reads as "all published".)"""
     db, state = tmp_path / "fresh.duckdb", tmp_path / "published_seq"
+    seed_users(db)
     redis_server.stop()
     engine = StoreEngine(db, read_threads=1)
     engine.open()

@@ -17,14 +17,18 @@ from typing import Any
 
 import pytest
 
+from service.keys import Keys
 from service.pb import duckcast_pb2 as pb
 from service.pb import store_pb2 as spb
 from service.store.engine import StoreEngine
 from service.store.server import StoreServer
 from service.storeclient.inprocess import InProcessStoreClient
 from service.storeclient.socket import SocketStoreClient
+from tests.seed import seed_users
 
 OpenEngine = Callable[..., StoreEngine]
+# The handshake key both ends of a test connection share (service.keys derives the real one).
+STORE_KEY = Keys.from_secret(b"store tests: not a deployment's secret").store
 
 
 @pytest.fixture
@@ -40,6 +44,8 @@ def open_engine(db_path: Path) -> Iterator[OpenEngine]:
 
     def _open(**options: Any) -> StoreEngine:
         options.setdefault("read_threads", 2)
+        if not db_path.exists():
+            seed_users(db_path)
         engine = StoreEngine(db_path, **options)
         engine.open()
         engines.append(engine)
@@ -167,9 +173,9 @@ class Served:
 async def served(engine: StoreEngine, sock_dir: Path) -> AsyncIterator[Served]:
     """The engine behind a real StoreServer on a Unix socket, and a client connected to it."""
     url = f"unix:{sock_dir}/store.sock"
-    server = StoreServer(engine, url)
+    server = StoreServer(engine, url, key=STORE_KEY)
     await server.start()
-    client = SocketStoreClient(url)
+    client = SocketStoreClient(url, key=STORE_KEY)
     try:
         yield Served(engine, server, client, url)
     finally:

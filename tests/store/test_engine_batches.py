@@ -35,7 +35,7 @@ async def test_one_batch_mixes_successes_and_per_op_errors(
                 store.create_user("bob", "h"),  # taken earlier in the same batch
                 store.update_item(alice.id, 999, pb.ItemUpdate(title="x")),
                 store.update_item(alice.id, a.id, pb.ItemUpdate(title="a2")),
-                store.delete_item(alice.id + 100, b.id),
+                store.delete_item(1, b.id),  # user 1 (seeded) exists but is not the owner
                 store.create_items(alice.id, creates("c")),
                 store.create_items(alice.id, creates("")),
             )

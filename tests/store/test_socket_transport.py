@@ -18,10 +18,12 @@ from service.pb import duckcast_pb2 as pb
 from service.pb import store_pb2 as spb
 from service.store.engine import StoreEngine
 from service.store.server import StoreServer
+from service.storeclient.handshake import client_handshake, store_handshake
 from service.storeclient.inprocess import InProcessStoreClient
 from service.storeclient.protocol import MAX_FRAME, encode_frame
 from service.storeclient.socket import BACKOFF_MIN, SocketStoreClient
-from tests.store.conftest import Served, WriterGate, creates, wait_until
+from tests.seed import SEEDED_USERS
+from tests.store.conftest import STORE_KEY, Served, WriterGate, creates, wait_until
 
 
 async def test_every_typed_call_round_trips(served: Served) -> None:
@@ -30,7 +32,8 @@ async def test_every_typed_call_round_trips(served: Served) -> None:
     assert await remote.ping() == 0
 
     user = await remote.create_user("alice", "argon2-hash")
-    assert (user.id, user.username) == (1, "alice") and user.created_at.seconds > 0
+    assert (user.id, user.username) == (SEEDED_USERS + 1, "alice")
+    assert user.created_at.seconds > 0
     assert await remote.get_user(user.id) == user == await local.get_user(user.id)
     record = await remote.get_user_by_name("alice")
     assert (record.user, record.password_hash) == (user, "argon2-hash")
@@ -88,7 +91,7 @@ async def test_domain_errors_cross_the_socket_as_their_own_types(served: Served)
     with pytest.raises(NotFound):
         await client.get_user_by_name("nobody")
     with pytest.raises(Forbidden):
-        await client.update_item(user.id + 1, item.id, pb.ItemUpdate(title="theirs"))
+        await client.update_item(1, item.id, pb.ItemUpdate(title="theirs"))  # a seeded user
     with pytest.raises(Conflict):
         await client.create_user("alice", "h")
     with pytest.raises(Invalid, match="status"):
@@ -123,7 +126,7 @@ async def test_a_store_that_is_not_there_fails_fast_and_backs_off(sock_dir: Path
     """Nothing listening: the call raises StoreUnavailable at once (not after the timeout); a
     second call within the backoff raises again without even trying to connect."""
     path = sock_dir / "absent.sock"
-    client = SocketStoreClient(f"unix:{path}")
+    client = SocketStoreClient(f"unix:{path}", key=STORE_KEY)
     client.timeout = 2.0
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
@@ -165,7 +168,7 @@ async def test_the_client_heals_after_the_store_restarts(served: Served, gate: W
     with pytest.raises(StoreUnavailable):
         await client.ping()
 
-    restarted = StoreServer(engine, served.url)
+    restarted = StoreServer(engine, served.url, key=STORE_KEY)
     await restarted.start()
     try:
         deadline = time.monotonic() + 5
@@ -177,7 +180,7 @@ async def test_the_client_heals_after_the_store_restarts(served: Served, gate: W
                 if time.monotonic() > deadline:
                     raise
                 await asyncio.sleep(0.02)  # polling past the client's backoff
-        assert (await client.get_user_by_name("in-flight")).user.id == 1
+        assert (await client.get_user_by_name("in-flight")).user.id == SEEDED_USERS + 1
         assert (await client.create_items(1, creates("after"))).items[0].id == 1
     finally:
         await client.close()
@@ -186,8 +189,8 @@ async def test_the_client_heals_after_the_store_restarts(served: Served, gate: W
 
 @contextlib.asynccontextmanager
 async def silent_store(path: Path) -> AsyncIterator[list[int]]:
-    """A listener that accepts connections and reads requests but never answers. Yields the
-    number of bytes received per connection."""
+    """A listener that accepts connections (completing the handshake) and reads requests but
+    never answers. Yields the number of bytes received per connection after the handshake."""
     received: list[int] = []
     open_connections: set[asyncio.Task[None]] = set()
 
@@ -197,6 +200,7 @@ async def silent_store(path: Path) -> AsyncIterator[list[int]]:
         open_connections.add(task)
         received.append(0)
         try:
+            assert await store_handshake(reader, writer, STORE_KEY) is None
             while chunk := await reader.read(65536):
                 received[-1] += len(chunk)
         finally:
@@ -217,7 +221,7 @@ async def test_a_store_that_does_not_answer_times_out(sock_dir: Path) -> None:
     the next call times out the same way rather than hanging."""
     path = sock_dir / "silent.sock"
     async with silent_store(path) as received:
-        client = SocketStoreClient(f"unix:{path}")
+        client = SocketStoreClient(f"unix:{path}", key=STORE_KEY)
         client.timeout = 0.3
         try:
             for _ in range(2):
@@ -248,6 +252,7 @@ async def test_a_bad_frame_closes_only_its_own_connection(
     path = served.url.removeprefix("unix:")
     reader, writer = await asyncio.open_unix_connection(path)
     try:
+        await client_handshake(reader, writer, STORE_KEY)  # a peer that passed the handshake
         writer.write(bad_bytes)
         await writer.drain()
         assert await asyncio.wait_for(reader.read(), 5) == b""  # closed by the server
@@ -270,9 +275,9 @@ def free_port() -> int:
 async def test_tcp_transport(engine: StoreEngine) -> None:
     """tcp:HOST:PORT serves the same protocol as a Unix socket."""
     url = f"tcp:127.0.0.1:{free_port()}"
-    server = StoreServer(engine, url)
+    server = StoreServer(engine, url, key=STORE_KEY)
     await server.start()
-    client = SocketStoreClient(url)
+    client = SocketStoreClient(url, key=STORE_KEY)
     try:
         (item,) = (await client.create_items(3, creates("over tcp"))).items
         assert await client.get_item(item.id) == item

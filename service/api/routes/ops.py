@@ -7,6 +7,7 @@ from fastapi import APIRouter
 from starlette.requests import Request
 from starlette.responses import FileResponse, HTMLResponse, JSONResponse, Response
 
+from service.api.errors import public_message
 from service.errors import DuckcastError, NotFound
 from service.metrics import exposition
 from service.paths import repo_dir
@@ -28,8 +29,10 @@ async def readyz(request: Request) -> Response:
     reasons: list[str] = []
     try:
         await asyncio.wait_for(request.app.state.store.ping(), timeout=2.0)
-    except (DuckcastError, TimeoutError) as exc:
-        reasons.append(f"store: {exc or 'no answer within 2s'}")
+    except DuckcastError as exc:
+        reasons.append(f"store: {public_message(exc)}")
+    except TimeoutError:
+        reasons.append("store: no answer within 2s")
     for name, check in request.app.state.readiness.items():
         problem = check()
         if problem:

@@ -7,10 +7,11 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from service.api.auth import hash_password, verify_password
-from service.api.deps import CurrentSession, CurrentUser, SettingsDep, SignerDep, StoreDep
+from service.api.deps import CurrentUser, SettingsDep, SignerDep, StoreDep, presented_tokens
+from service.api.errors import error_response
 from service.api.negotiation import documented, parse_body, render
 from service.api.schemas import Credentials, LoginIn, LoginOut, UserOut
-from service.errors import NotFound, Unauthorized
+from service.errors import DuckcastError, NotFound, Unauthorized
 from service.pb import duckcast_pb2 as pb
 from service.wire import login_json, set_us, user_json
 
@@ -56,9 +57,18 @@ async def login(
 
 
 @router.post("/logout", status_code=204)
-async def logout(request: Request, session: CurrentSession, settings: SettingsDep) -> Response:
-    request.app.state.revoked.add(session)
+async def logout(request: Request, store: StoreDep, settings: SettingsDep) -> Response:
+    """Ends the session: 204 and the cookie cleared whatever was sent (an expired or foreign
+    cookie included: a client must always be able to sign out); every valid token presented
+    is revoked on every worker. If the store cannot record that, 503 (the token still works
+    elsewhere: retry), and the cookie is cleared all the same."""
     response = Response(status_code=204)
+    try:
+        for token in presented_tokens(request):
+            await store.revoke_token(token.id, token.expires_at)
+            request.app.state.revoked.add(token)
+    except DuckcastError as exc:
+        response = error_response(request, exc)
     response.delete_cookie(
         settings.cookie_name, path="/", httponly=True, samesite="lax", secure=settings.cookie_secure
     )
