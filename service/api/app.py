@@ -15,7 +15,7 @@ from starlette.types import Receive, Scope, Send
 from service.api import errors, fastpath
 from service.api.auth import RevokedTokens, TokenSigner
 from service.api.middleware import BodyLimit, Metrics
-from service.api.routes import events, items, ops, uploads, users
+from service.api.routes import docs, events, items, ops, uploads, users
 from service.backplane import Backplane, backplane_from_url
 from service.config import Settings
 from service.realtime.hub import Hub
@@ -64,6 +64,8 @@ def create_app(
         version="1.0.0",
         summary="Realtime CRUD over JSON and Protocol Buffers",
         lifespan=lifespan,
+        docs_url=None,  # service.api.routes.docs serves /docs without a CDN
+        redoc_url=None,
     )
     app.state.settings = settings
     app.state.store = store
@@ -76,8 +78,16 @@ def create_app(
     }
     app.state.readiness = readiness
     errors.install(app)
-    for router in (users.router, items.router, events.router, uploads.router, ops.router):
+    for router in (
+        users.router,
+        items.router,
+        events.router,
+        uploads.router,
+        ops.router,
+        docs.router,
+    ):
         app.include_router(router)
+    app.mount("/static", ops.static_assets(), name="static")
     app.add_middleware(
         BodyLimit,
         default=settings.max_body_bytes,
