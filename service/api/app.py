@@ -78,15 +78,10 @@ def create_app(
     }
     app.state.readiness = readiness
     errors.install(app)
-    for router in (
-        users.router,
-        items.router,
-        events.router,
-        uploads.router,
-        ops.router,
-        docs.router,
-    ):
+    for router in (users.router, items.router, events.router, uploads.router, ops.router):
         app.include_router(router)
+    # The browser app's files and the API docs' page and files (served here: no CDN).
+    app.include_router(docs.router)
     app.mount("/static", ops.static_assets(), name="static")
     app.add_middleware(
         BodyLimit,

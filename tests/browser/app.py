@@ -54,6 +54,12 @@ class ApiUser:
         assert r.status_code == 201, r.text
         return r.json()
 
+    def bulk(self, titles: list[str]) -> list[dict]:
+        items = [{"title": t} for t in titles]
+        r = self.http.post("/api/items/bulk", json={"items": items}, headers=self.headers)
+        assert r.status_code == 201, r.text
+        return list(r.json()["items"])
+
     def update(self, item_id: int, **fields: object) -> dict:
         r = self.http.patch(f"/api/items/{item_id}", json=fields, headers=self.headers)
         assert r.status_code == 200, r.text

@@ -36,6 +36,9 @@ SCREENSHOTS = ROOT / "artifacts" / "screenshots"
 PASSWORD = "correct horse battery"
 DESKTOP = {"width": 1280, "height": 800}
 PHONE = {"width": 390, "height": 844}
+# The smallest log the service keeps (it prunes past retention + 100): a test can push a
+# page's resume point out of it with one bulk create, and see the `reset` path.
+EVENT_RETENTION = 100
 # What a page must never log: a CSP refusal means the app depends on something the policy
 # forbids (an inline script or style, eval, another origin).
 CSP_REFUSAL = re.compile(r"Content Security Policy|Refused to", re.IGNORECASE)
@@ -63,6 +66,7 @@ class Service:
             data_dir=self.data_dir,
             port=self.port,
             REDIS_URL=self.redis.url,
+            DUCKCAST_EVENT_RETENTION=str(EVENT_RETENTION),
         )
 
     def stop(self) -> None:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import secrets
 
 import pytest
-from playwright.sync_api import expect
+from playwright.sync_api import Page, expect
 
 from tests.browser.app import (
     LIVE_MS,
@@ -17,7 +17,7 @@ from tests.browser.app import (
     status,
     wait_for_seq,
 )
-from tests.browser.conftest import PASSWORD, People, Service
+from tests.browser.conftest import EVENT_RETENTION, PASSWORD, People, Service
 
 pytestmark = pytest.mark.e2e
 
@@ -71,9 +71,9 @@ def test_two_people_see_each_others_changes_live(service: Service, people: Peopl
 
 
 def test_own_write_reconciles_with_its_event(service: Service, people: People) -> None:
-    """The answer to A's create shows the item at once; when the change event for it arrives
-    (the list's seq passes it), the item is neither doubled nor re-rendered (its element is
-    never removed and put back)."""
+    """The answers to A's create and to A's Done click show at once; when the change events
+    for them arrive (the list's seq passes them), the item is neither doubled nor rebuilt: its
+    element is updated in place, never removed and put back (no flicker)."""
     a = people("amy").signed_up(service.url)
     a.page.goto(service.url)
     expect(status(a.page)).to_contain_text("Live")
@@ -91,6 +91,11 @@ def test_own_write_reconciles_with_its_event(service: Service, people: People) -
         title = f"Reconcile me {secrets.token_hex(3)}"
         item_id = add_item(a.page, title)
         wait_for_seq(a.page, observer.seq())
+        expect(row(a.page, title)).to_have_count(1)
+        done = row(a.page, title).get_by_role("checkbox", name="Done")
+        done.check()
+        wait_for_seq(a.page, observer.seq())
+        expect(done).to_be_checked()
         expect(row(a.page, title)).to_have_count(1)
         ids = a.page.locator(".items > li").evaluate_all("els => els.map(e => e.dataset.id)")
         assert len(ids) == len(set(ids))
@@ -136,6 +141,43 @@ def test_filters_and_search_follow_live_changes(service: Service, people: People
         other.close()
 
 
+def hold_off_the_stream(page: Page) -> None:
+    """Answers the page's /api/events with the 503 a worker gives while its store is
+    unavailable. EventSource gives up on an HTTP error: the page must reopen it itself."""
+    page.route(
+        "**/api/events*",
+        lambda route: route.fulfill(
+            status=503, headers={"Retry-After": "1"}, json={"detail": "store unavailable"}
+        ),
+    )
+
+
+def test_reset_reloads_the_list(service: Service, people: People) -> None:
+    """When the page's resume point has left the event log (more than the retained events
+    happened while it could not connect), the stream says `reset`: the page reloads its list,
+    without reloading itself, and shows the newest items once each."""
+    tag = secrets.token_hex(3)
+    c = people("cy").signed_up(service.url)
+    writer = ApiUser(service.url, f"blk_{tag}")
+    try:
+        writer.create(f"Before {tag}")
+        hold_off_the_stream(c.page)
+        c.page.goto(service.url)
+        expect(row(c.page, f"Before {tag}")).to_have_count(1)
+        expect(status(c.page)).to_contain_text("Reconnecting")
+        c.page.evaluate("window.sameDocument = true")
+        titles = [f"Bulk {i:03d} {tag}" for i in range(2 * EVENT_RETENTION + 50)]
+        writer.bulk(titles)
+        with c.page.expect_request(lambda r: "/api/items?" in r.url):  # the reload
+            c.page.unroute("**/api/events*")
+            expect(status(c.page)).to_contain_text("Live", timeout=20_000)
+        newest = list(reversed(titles))[:20]
+        expect(c.page.locator(".items > li .title")).to_have_text(newest)
+        assert c.page.evaluate("window.sameDocument") is True
+    finally:
+        writer.close()
+
+
 def test_page_survives_a_server_restart(service: Service, people: People) -> None:
     """B's page stays open while the whole service stops and starts again: its connection
     state reads Reconnecting, then Live; the changes made while it was away (held off the
@@ -154,7 +196,7 @@ def test_page_survives_a_server_restart(service: Service, people: People) -> Non
         service.stop()
         expect(status(b.page)).to_contain_text("Reconnecting")
         # Keep B off the stream until every change below is made: they happen while it is away.
-        b.page.route("**/api/events*", lambda route: route.abort())
+        hold_off_the_stream(b.page)
         service.start()
         added = [writer.create(f"While away {i} {tag}") for i in range(3)]
         writer.update(kept["id"], title=f"Kept and renamed {tag}", status="completed")

@@ -8,9 +8,20 @@ import pytest
 from playwright.sync_api import expect
 
 from tests.browser.app import ApiUser, add_item, row, row_by_id, status
-from tests.browser.conftest import PHONE, People, Service, shot
+from tests.browser.conftest import PHONE, People, Person, Service, shot
 
 pytestmark = pytest.mark.e2e
+
+
+def arrive(person: Person, service: Service, size: str) -> Person:
+    """The sign-in page (pictured), then signed up and on the live list."""
+    person.page.goto(service.url)
+    expect(person.page.get_by_role("button", name="Sign in")).to_be_visible()
+    shot(person.page, f"sign-in-{size}")
+    person.signed_up(service.url)
+    person.page.reload()
+    expect(status(person.page)).to_contain_text("Live")
+    return person
 
 
 def test_screenshots(service: Service, people: People) -> None:
@@ -22,13 +33,7 @@ def test_screenshots(service: Service, people: People) -> None:
         neighbour.create(
             "Count the ducklings", description="Seven at dawn, eight at noon?", priority=40
         )
-        kim = people("kim", unique=False)
-        kim.page.goto(service.url)
-        expect(kim.page.get_by_role("button", name="Sign in")).to_be_visible()
-        shot(kim.page, "sign-in-desktop")
-        kim.signed_up(service.url)
-        kim.page.reload()
-        expect(status(kim.page)).to_contain_text("Live")
+        kim = arrive(people("kim", unique=False), service, "desktop")
         jackets = add_item(kim.page, "Order life jackets", "Sizes S, M and one for the heron.")
         row_by_id(kim.page, jackets).get_by_role("checkbox", name="Done").check()
         kim.page.get_by_role("form", name="New item").get_by_label("Attachment").set_input_files(
@@ -40,13 +45,7 @@ def test_screenshots(service: Service, people: People) -> None:
         expect(kim.page.locator(".tile-total strong")).to_have_text("4")
         shot(kim.page, "items-desktop")
 
-        lee = people("lee", viewport=PHONE, unique=False)
-        lee.page.goto(service.url)
-        expect(lee.page.get_by_role("button", name="Sign in")).to_be_visible()
-        shot(lee.page, "sign-in-phone")
-        lee.signed_up(service.url)
-        lee.page.reload()
-        expect(status(lee.page)).to_contain_text("Live")
+        lee = arrive(people("lee", viewport=PHONE, unique=False), service, "phone")
         expect(lee.page.get_by_role("listitem")).to_have_count(4)
         shot(lee.page, "items-phone")
 
