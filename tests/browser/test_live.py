@@ -25,7 +25,8 @@ pytestmark = pytest.mark.e2e
 def test_two_people_see_each_others_changes_live(service: Service, people: People) -> None:
     """A signs up in the form and creates, edits, completes, reopens and deletes an item; B,
     in another context, sees each change within 2 s without reloading, and gets no control to
-    change A's item. A's own writes show at once, once each."""
+    change A's item. A's own writes show at once, once each. A signs out and in again; the
+    page never holds the token where script could read it."""
     a = people("ann")
     a.page.goto(service.url)
     a.page.get_by_label("Username").fill(a.username)
@@ -68,6 +69,17 @@ def test_two_people_see_each_others_changes_live(service: Service, people: Peopl
     expect(row_by_id(a.page, item_id)).to_have_count(0)
     expect(row_by_id(b.page, item_id)).to_have_count(0, timeout=LIVE_MS)
     assert b.page.evaluate("window.sameDocument") is True  # never reloaded
+
+    # The session is the HttpOnly cookie: the page holds no token anywhere it could read.
+    storage = "[localStorage.length, sessionStorage.length, document.cookie]"
+    assert a.page.evaluate(storage) == [0, 0, ""]
+    a.page.get_by_role("button", name="Sign out").click()
+    expect(a.page.get_by_text("You are signed out.")).to_be_visible()
+    assert a.context.request.get(f"{service.url}/api/me").status == 401
+    a.page.get_by_label("Username").fill(a.username)
+    a.page.get_by_label("Password").fill(PASSWORD)
+    a.page.get_by_role("button", name="Sign in").click()
+    expect(status(a.page)).to_contain_text("Live")
 
 
 def test_own_write_reconciles_with_its_event(service: Service, people: People) -> None:

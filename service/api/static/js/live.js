@@ -55,7 +55,7 @@ export class LiveStream {
     }
     // The log no longer reaches back to where we were: reload, then carry on from its id.
     source.addEventListener("reset", (e) => {
-      this.lastSeq = Number(e.lastEventId);
+      if (e.lastEventId) this.lastSeq = Number(e.lastEventId);
       this.onReset();
     });
     source.addEventListener("expired", () => {
