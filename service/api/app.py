@@ -17,7 +17,7 @@ from service.api import errors, fastpath
 from service.api.auth import RevokedTokens, TokenSigner
 from service.api.middleware import BodyLimit, Metrics, SecurityHeaders
 from service.api.revocation import RevocationSync
-from service.api.routes import events, items, ops, uploads, users
+from service.api.routes import docs, events, items, ops, uploads, users
 from service.backplane import Backplane, backplane_from_url
 from service.config import Settings
 from service.keys import Keys, load_keys
@@ -74,6 +74,8 @@ def create_app(
         version="1.0.0",
         summary="Realtime CRUD over JSON and Protocol Buffers",
         lifespan=lifespan,
+        docs_url=None,  # service.api.routes.docs serves /docs without a CDN
+        redoc_url=None,
     )
     app.state.settings = settings
     app.state.store = store
@@ -92,6 +94,9 @@ def create_app(
     errors.install(app)
     for router in (users.router, items.router, events.router, uploads.router, ops.router):
         app.include_router(router)
+    # The browser app's files and the API docs' page and files (served here: no CDN).
+    app.include_router(docs.router)
+    app.mount("/static", ops.static_assets(), name="static")
     app.add_middleware(
         BodyLimit,
         default=settings.max_body_bytes,

@@ -35,6 +35,8 @@ TABLE: list[Row] = [
     ("GET", "/", {}),
     ("GET", "/docs", {}),
     ("GET", "/docs/oauth2-redirect", {}),
+    ("GET", "/docs/assets/{asset}", {}),
+    ("GET", "/static/js/app.js", {}),
     ("GET", "/redoc", {}),
     ("GET", "/openapi.json", {}),
     ("GET", "/healthz", {}),
@@ -115,7 +117,13 @@ async def test_security_headers_on_every_route(live: Live) -> None:
         alice = accounts["alice"].headers
         item = (await client.post("/api/items", json=ITEM, headers=alice)).json()["id"]
         upload = (await client.post("/api/upload", files=PNG, headers=alice)).json()["filename"]
-        names = {"item": item, "upload": upload, "other": "0" * 32 + ".png", "proto": "duckcast"}
+        names = {
+            "item": item,
+            "upload": upload,
+            "other": "0" * 32 + ".png",
+            "proto": "duckcast",
+            "asset": "swagger-ui.css",
+        }
         seen = []
         for method, path, options in TABLE:
             kwargs = dict(options)

@@ -6,7 +6,10 @@ from pathlib import Path
 from fastapi import APIRouter
 from starlette.requests import Request
 from starlette.responses import FileResponse, HTMLResponse, JSONResponse, Response
+from starlette.staticfiles import StaticFiles
+from starlette.types import Scope
 
+from service.api import csp
 from service.api.errors import public_message
 from service.errors import DuckcastError, NotFound
 from service.metrics import exposition
@@ -54,7 +57,24 @@ async def metrics() -> Response:
 
 @router.get("/", include_in_schema=False)
 async def index() -> Response:
-    return HTMLResponse((STATIC / "index.html").read_text())
+    return HTMLResponse(
+        (STATIC / "index.html").read_text(),
+        headers={"Content-Security-Policy": csp.APP, "Cache-Control": "no-cache"},
+    )
+
+
+class StaticAssets(StaticFiles):
+    """The app's modules and styles. `no-cache` makes the browser revalidate (a cheap 304 by
+    ETag) rather than guess a lifetime from Last-Modified and run stale code after an upgrade."""
+
+    async def get_response(self, path: str, scope: Scope) -> Response:
+        response = await super().get_response(path, scope)
+        response.headers["Cache-Control"] = "no-cache"
+        return response
+
+
+def static_assets() -> StaticAssets:
+    return StaticAssets(directory=STATIC)
 
 
 @router.get("/protos/{name}.proto", include_in_schema=False)
