@@ -47,7 +47,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         import uvicorn
 
         from service.api.app import create_app
-        from service.worker import UVICORN_OPTIONS
+        from service.worker import uvicorn_options
 
         # uvicorn re-raises the signal that stopped it once it has shut down cleanly; with the
         # default disposition that would turn a graceful stop into "killed by SIGTERM".
@@ -60,7 +60,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
             port=settings.port,
             log_level="info",
             timeout_graceful_shutdown=10,
-            **UVICORN_OPTIONS,
+            **uvicorn_options(settings),
         )
         return 0
     from service.supervisor import Supervisor

@@ -44,6 +44,21 @@ class Settings(BaseSettings):
     # How often each worker asks the store for tokens revoked elsewhere (logout on another
     # worker); the bound on how long a revoked token still works there.
     revocation_poll_ms: float = Field(default=250.0, ge=10, le=10_000)
+    # The request head (request line + headers): beyond either limit 431 and the connection is
+    # closed; a head not complete this long after its request (or the connection) began: closed.
+    max_header_bytes: int = Field(default=64 * 1024, ge=4096)
+    max_header_lines: int = Field(default=100, ge=16)
+    header_timeout_seconds: float = Field(default=10.0, gt=0)
+
+    # Failed logins allowed per window before 429 (service/api/throttle.py): per (username,
+    # client address), per address, per username; counted in Redis when there is one.
+    login_failures_per_name_and_address: int = Field(default=5, ge=1)
+    login_failures_per_address: int = Field(default=20, ge=1)
+    login_failures_per_name: int = Field(default=100, ge=1)
+    login_window_seconds: int = Field(default=900, ge=1)
+    # argon2 hashes one worker computes at once, and how many more may wait (then 503).
+    password_hash_threads: int = Field(default=1, ge=1, le=64)
+    password_hash_queue: int = Field(default=32, ge=0)
 
     store_timeout_seconds: float = Field(default=5.0, gt=0)
     store_max_in_flight: int = Field(default=1024, ge=1)
@@ -53,7 +68,11 @@ class Settings(BaseSettings):
     commit_window_ms: float = Field(default=0.0, ge=0, le=100)
     max_batch: int = Field(default=2000, ge=1)
     read_threads: int = Field(default=4, ge=1, le=64)
-    item_cache_size: int = Field(default=100_000, ge=0)
+    # Store caches, bounded by an estimate of the memory their entries hold (see
+    # service/store/cache.py); "not found" answers are kept apart, by count.
+    item_cache_bytes: int = Field(default=64 * MiB, ge=0)
+    miss_cache_entries: int = Field(default=10_000, ge=0)
+    page_cache_bytes: int = Field(default=16 * MiB, ge=0)
     event_retention: int = Field(default=100_000, ge=100)  # events kept for resume
     # Events a subscriber may fall behind before it is dropped (it resumes with its last id).
     subscriber_buffer: int = Field(default=1000, ge=1)

@@ -31,6 +31,12 @@ class Invalid(DuckcastError):
     status = 422
 
 
+class PreconditionFailed(DuckcastError):
+    """If-Match named a version the item no longer (or never) had."""
+
+    status = 412
+
+
 class Unauthorized(DuckcastError):
     status = 401
 
@@ -60,4 +66,13 @@ class StoreUnavailable(DuckcastError):
 
 
 class StoreTimeout(StoreUnavailable):
-    """The store did not answer within the deadline; a write may or may not have committed."""
+    """The store did not answer within the deadline. For a write this still means "not
+    done": the store never starts committing a write past its deadline, and tells the worker
+    before it commits one (see WriteInDoubt)."""
+
+
+class WriteInDoubt(DuckcastError):
+    """The store said it was committing the write, then went silent or away: the write may
+    or may not be applied (a retry with the same Idempotency-Key is safe)."""
+
+    status = 504

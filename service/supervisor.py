@@ -3,6 +3,11 @@
 If the store dies it is restarted (the workers' store clients reconnect on their next call);
 if gunicorn exits, everything stops. SIGTERM/SIGINT stop gunicorn first (so workers finish
 their requests), then the store (so it drains queued writes and checkpoints).
+
+The store and gunicorn each run in a process group of their own: Ctrl-C in a terminal signals
+the whole foreground group, and the store must not start shutting down while workers still
+send it requests. A store whose supervisor is gone (killed) stops by itself
+(`DUCKCAST_SUPERVISED`, service/store/process.py).
 """
 
 from __future__ import annotations
@@ -107,7 +112,8 @@ class Supervisor:
 
     def _start_store(self) -> None:
         cmd = [sys.executable, "-m", "service.cli", "store", "--listen", self.store_url]
-        self.store = subprocess.Popen(cmd, env=self.env)
+        # its own process group: a terminal's Ctrl-C reaches only us, and we stop it last
+        self.store = subprocess.Popen(cmd, env=self.env, start_new_session=True)
         wait_for_store(self.store_url, self.store, timeout=60)
 
     def _start_gunicorn(self) -> subprocess.Popen[bytes]:

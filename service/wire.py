@@ -16,15 +16,21 @@ INT64_MAX = 2**63 - 1
 MAX_INT_DIGITS = len(str(INT64_MAX))
 
 
-def bounded_int(text: str | None, low: int, high: int) -> int | None:
-    """`text` as an integer in [low, high], or None if it is anything else.
+def ascii_int(text: str | None) -> int | None:
+    """`text` as a non-negative integer if it is 1-19 ASCII digits, else None: the one rule for
+    integers that arrive as text (path, query, headers), on every route.
 
     ASCII digits only: `str.isdigit()` also accepts '²', '①' and other scripts' digits, which
-    `int()` then rejects or reads differently."""
+    `int()` then rejects or reads differently; `int()` alone also takes '+5', ' 5', '1_0'."""
     if text is None or not (text.isascii() and text.isdigit()) or len(text) > MAX_INT_DIGITS:
         return None
-    value = int(text)
-    return value if low <= value <= high else None
+    return int(text)
+
+
+def bounded_int(text: str | None, low: int, high: int) -> int | None:
+    """`text` as an integer in [low, high] (see ascii_int), or None if it is anything else."""
+    value = ascii_int(text)
+    return value if value is not None and low <= value <= high else None
 
 
 # -- timestamps: integer microseconds in the store, Timestamp in protobuf, RFC 3339 in JSON --

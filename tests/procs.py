@@ -62,3 +62,9 @@ def group_members(pgid: int) -> list[int]:
         if fields is not None and fields[0] != "Z" and int(fields[2]) == pgid:
             found.append(pid)
     return sorted(found)
+
+
+def rss_bytes(pid: int) -> int:
+    """Resident set size of a live process."""
+    pages = int(Path(f"/proc/{pid}/statm").read_text().split()[1])
+    return pages * os.sysconf("SC_PAGE_SIZE")

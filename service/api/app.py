@@ -15,9 +15,11 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from service import redaction
 from service.api import errors, fastpath
 from service.api.auth import RevokedTokens, TokenSigner
+from service.api.hashing import PasswordHashing
 from service.api.middleware import BodyLimit, Metrics, SecurityHeaders
 from service.api.revocation import RevocationSync
 from service.api.routes import docs, events, items, ops, uploads, users
+from service.api.throttle import LoginLimits, LoginThrottle, MemoryCounts, RedisCounts
 from service.backplane import Backplane, backplane_from_url
 from service.config import Settings
 from service.keys import Keys, load_keys
@@ -50,6 +52,17 @@ def create_app(
         logger.warning("no REDIS_URL: change events reach this worker by polling the store")
         poll = 0.1
     relay = EventRelay(backplane, store, hub, poll_interval=poll)
+    failures = RedisCounts(settings.redis_url) if settings.redis_url else MemoryCounts()
+    throttle = LoginThrottle(
+        failures,
+        LoginLimits(
+            per_name_and_address=settings.login_failures_per_name_and_address,
+            per_address=settings.login_failures_per_address,
+            per_name=settings.login_failures_per_name,
+            window_seconds=settings.login_window_seconds,
+        ),
+    )
+    hashing = PasswordHashing(settings.password_hash_threads, settings.password_hash_queue)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -68,6 +81,9 @@ def create_app(
             await relay.close()
             await store.close()
             await backplane.close()
+            if isinstance(failures, RedisCounts):
+                await failures.close()
+            hashing.close()
 
     app = DuckcastApp(
         title="Duckcast",
@@ -84,6 +100,8 @@ def create_app(
     app.state.signer = TokenSigner(keys.token, settings.token_ttl_seconds)
     app.state.revoked = revoked
     app.state.revocations = revocations
+    app.state.login_throttle = throttle
+    app.state.hashing = hashing
     readiness: dict[str, Callable[[], str | None]] = {
         "backplane": lambda: None if backplane.live else "subscription is not live",
         "events": lambda: None if relay.started.is_set() else "event relay not started",
@@ -122,6 +140,10 @@ class DuckcastApp(FastAPI):
     async def _dispatch(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "lifespan":
             scope["app"] = self
+            if not _utf8(scope["query_string"]):
+                # Starlette's URL (redirects, request.url) would raise on it: refuse it here
+                await errors.refuse(scope, receive, send, "query string: not valid UTF-8")
+                return
             stream = events.STREAMS.get((scope["type"], scope["path"]))
             if stream is not None and scope.get("method", "GET") == "GET":
                 await stream(scope, receive, send)
@@ -129,6 +151,16 @@ class DuckcastApp(FastAPI):
             if scope["type"] == "http" and await fastpath.serve(scope, receive, send):
                 return
         await super().__call__(scope, receive, send)
+
+
+def _utf8(raw: bytes) -> bool:
+    if raw.isascii():
+        return True
+    try:
+        raw.decode()
+    except UnicodeDecodeError:
+        return False
+    return True
 
 
 def _end_streams_on_signal(hub: Hub) -> Callable[[], None]:

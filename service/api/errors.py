@@ -10,6 +10,7 @@ from pydantic import ValidationError
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
+from starlette.types import Receive, Scope, Send
 
 from service.api.negotiation import render_error, validation_message
 from service.errors import (
@@ -40,7 +41,7 @@ def public_message(exc: DuckcastError) -> str:
 
 def error_response(request: Request, exc: DuckcastError) -> Response:
     headers = None
-    if isinstance(exc, StoreUnavailable):
+    if exc.status == 503:  # the store, or this worker's hashing pool, is away or busy
         headers = {"Retry-After": "1"}
     elif isinstance(exc, Unauthorized):
         headers = {"WWW-Authenticate": "Bearer"}
@@ -71,6 +72,16 @@ async def _http(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, HTTPException)
     headers = dict(exc.headers) if exc.headers else None
     return render_error(request, exc.status_code, str(exc.detail), headers)
+
+
+async def refuse(scope: Scope, receive: Receive, send: Send, message: str) -> None:
+    """A 400 (or a 1008 close, for a WebSocket) before any routing."""
+    if scope["type"] == "websocket":
+        await receive()  # websocket.connect; accepted first, as the streams do, so that a
+        await send({"type": "websocket.accept"})  # browser sees the close code
+        await send({"type": "websocket.close", "code": 1008, "reason": message})
+        return
+    await render_error(Request(scope), 400, message)(scope, receive, send)
 
 
 def install(app: FastAPI) -> None:

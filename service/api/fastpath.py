@@ -23,14 +23,13 @@ from starlette.types import Receive, Scope, Send
 
 from service.api.deps import user_id
 from service.api.errors import error_response
-from service.api.negotiation import parse_body, render
-from service.api.schemas import ItemCreate, item_create_pb
+from service.api.negotiation import render
+from service.api.routes.items import create_one, etag
 from service.errors import DuckcastError
 from service.metrics import HTTP_LATENCY, HTTP_REQUESTS
-from service.pb import duckcast_pb2 as pb
 from service.pb import store_pb2 as spb
 from service.storeclient import StoreClient
-from service.wire import INT64_MAX, STATUSES, bounded_int, item_json, page_json
+from service.wire import INT64_MAX, STATUSES, ascii_int, bounded_int, item_json, page_json
 
 ITEM_ROUTE = "/api/items/{item_id}"
 ITEMS_ROUTE = "/api/items"
@@ -103,7 +102,8 @@ async def serve(scope: Scope, receive: Receive, send: Send) -> bool:
             return False
 
         async def get() -> Response:
-            return render(request, await store.get_item(item_id), item_json)
+            item = await store.get_item(item_id)
+            return render(request, item, item_json, headers=etag(item))
 
         await _answer(request, send, ITEM_ROUTE, started, get)
         return True
@@ -122,16 +122,11 @@ async def serve(scope: Scope, receive: Receive, send: Send) -> bool:
         return True
 
     if method == "POST":
-        declared = request.headers.get("content-length")
+        declared = ascii_int(request.headers.get("content-length"))
         limit: int = state.settings.max_body_bytes
-        if declared is None or not declared.isdigit() or int(declared) > limit:
+        if declared is None or declared > limit:
             return False  # chunked or oversize: the BodyLimit middleware's job
 
-        async def create() -> Response:
-            body = await parse_body(request, ItemCreate, pb.ItemCreate)
-            created = await store.create_items(user, [item_create_pb(body)])
-            return render(request, created.items[0], item_json, 201)
-
-        await _answer(request, send, ITEMS_ROUTE, started, create)
+        await _answer(request, send, ITEMS_ROUTE, started, lambda: create_one(request, user, store))
         return True
     return False

@@ -12,6 +12,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from service.api.negotiation import render_error
 from service.errors import PayloadTooLarge
 from service.metrics import HTTP_LATENCY, HTTP_REQUESTS
+from service.wire import ascii_int
 
 logger = logging.getLogger(__name__)
 
@@ -31,12 +32,13 @@ class BodyLimit:
         limit = self.per_path.get(scope["path"], self.default)
         declared = Request(scope).headers.get("content-length")
         if declared is not None:
-            if not declared.isdigit():
+            size = ascii_int(declared)  # isdigit() would take "²", and int() then raise
+            if size is None:
                 await render_error(Request(scope), 400, "invalid Content-Length")(
                     scope, receive, send
                 )
                 return
-            if int(declared) > limit:
+            if size > limit:
                 await render_error(Request(scope), 413, f"body larger than {limit} bytes")(
                     scope, receive, send
                 )

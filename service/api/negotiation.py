@@ -12,6 +12,7 @@ from pydantic import BaseModel, ValidationError
 from starlette.requests import Request
 from starlette.responses import Response
 
+from service.api.bulkbody import Verdict, json_entries, protobuf_entries
 from service.api.schemas import Mirrored
 from service.errors import Invalid, UnsupportedMediaType
 from service.pb import duckcast_pb2 as pb
@@ -62,16 +63,24 @@ def render_error(
     return Response(body, status_code=status, media_type=media, headers=headers)
 
 
-async def parse_body(request: Request, model: type[M], message: type[Message]) -> M:
+async def parse_body(
+    request: Request, model: type[M], message: type[Message], max_items: int | None = None
+) -> M:
+    """The body as `model`, from JSON or protobuf. `max_items`: the body is a list of at most
+    that many entries, counted before it is decoded (service.api.bulkbody)."""
     media = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
     body = await request.body()
     data: Any
     if media == JSON or media.endswith("+json"):
+        if max_items is not None:
+            _check_entries(json_entries(body, max_items), max_items)
         try:
             data = orjson.loads(body)
         except orjson.JSONDecodeError as exc:
             raise BadRequest(f"body: malformed JSON ({exc})") from None
     elif media in PROTOBUF_TYPES:
+        if max_items is not None:
+            _check_entries(protobuf_entries(body, max_items), max_items)
         try:
             decoded = message.FromString(body)
         except DecodeError:
@@ -85,6 +94,13 @@ async def parse_body(request: Request, model: type[M], message: type[Message]) -
         return model.model_validate(data)
     except ValidationError as exc:
         raise Invalid(validation_message(exc)) from None
+
+
+def _check_entries(verdict: Verdict, limit: int) -> None:
+    if verdict == "too many":
+        raise Invalid(f"items: at most {limit} items")
+    if verdict == "too complex":
+        raise BadRequest(f"body: more JSON structure than {limit} items can have")
 
 
 def validation_message(exc: ValidationError) -> str:
@@ -112,29 +128,54 @@ def documented(
     request_model: type[Mirrored] | None = None,
     response_model: type[Mirrored] | None = None,
     status: int = 200,
+    *,
+    request_headers: dict[str, str] | None = None,
+    response_headers: dict[str, str] | None = None,
+    errors: dict[int, str] | None = None,
 ) -> dict[str, Any]:
     """Route kwargs that make OpenAPI list both JSON and protobuf for body and response,
     naming the protobuf message of each (`x-protobuf-message`, from the model's
-    `protobuf_message`)."""
+    `protobuf_message`), and the optional request and response headers (name: description)
+    and error statuses."""
     kwargs: dict[str, Any] = {"status_code": status}
+    responses: dict[int | str, Any] = {}
     if response_model is not None:
         binary = protobuf_media(response_model)
-        kwargs["responses"] = {
-            status: {
-                "model": response_model,
-                "content": {PROTOBUF: binary, "application/x-protobuf": binary},
-            }
+        responses[status] = {
+            "model": response_model,
+            "content": {PROTOBUF: binary, "application/x-protobuf": binary},
         }
+    if response_headers:
+        responses.setdefault(status, {})["headers"] = {
+            name: {"description": text, "schema": {"type": "string"}}
+            for name, text in response_headers.items()
+        }
+    for code, text in (errors or {}).items():
+        responses[code] = {"description": text}
+    if responses:
+        kwargs["responses"] = responses
+    extra: dict[str, Any] = {}
     if request_model is not None:
         binary = protobuf_media(request_model)
-        kwargs["openapi_extra"] = {
-            "requestBody": {
-                "required": True,
-                "content": {
-                    JSON: {"schema": request_model.model_json_schema()},
-                    PROTOBUF: binary,
-                    "application/x-protobuf": binary,
-                },
-            }
+        extra["requestBody"] = {
+            "required": True,
+            "content": {
+                JSON: {"schema": request_model.model_json_schema()},
+                PROTOBUF: binary,
+                "application/x-protobuf": binary,
+            },
         }
+    if request_headers:
+        extra["parameters"] = [
+            {
+                "name": name,
+                "in": "header",
+                "required": False,
+                "description": text,
+                "schema": {"type": "string"},
+            }
+            for name, text in request_headers.items()
+        ]
+    if extra:
+        kwargs["openapi_extra"] = extra
     return kwargs

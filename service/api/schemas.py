@@ -67,9 +67,12 @@ class ItemUpdate(Strict):
         return self
 
 
+BULK_MAX = 1000
+
+
 class BulkCreate(Strict):
     protobuf_message = pb.BulkCreateRequest
-    items: Annotated[list[ItemCreate], Field(min_length=1, max_length=1000)]
+    items: Annotated[list[ItemCreate], Field(min_length=1, max_length=BULK_MAX)]
 
 
 # -- response documentation (serialisation itself is done by the converters below) ---------

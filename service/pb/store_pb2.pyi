@@ -27,7 +27,7 @@ class StoreRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     ID_FIELD_NUMBER: _builtins.int
-    TIMEOUT_MS_FIELD_NUMBER: _builtins.int
+    DEADLINE_US_FIELD_NUMBER: _builtins.int
     PING_FIELD_NUMBER: _builtins.int
     CREATE_ITEMS_FIELD_NUMBER: _builtins.int
     UPDATE_ITEM_FIELD_NUMBER: _builtins.int
@@ -44,8 +44,11 @@ class StoreRequest(_message.Message):
     RECORD_UPLOAD_FIELD_NUMBER: _builtins.int
     DELETE_UPLOAD_FIELD_NUMBER: _builtins.int
     id: _builtins.int
-    timeout_ms: _builtins.int
-    """the caller gives up after this; the store may skip stale work"""
+    deadline_us: _builtins.int
+    """applied writes whose callers had long given up
+    Absolute wall-clock deadline (Unix microseconds, set by the worker). The store never
+    starts committing a write after it; 0 = none. See Committing.
+    """
     @_builtins.property
     def ping(self) -> Global___Ping: ...
     @_builtins.property
@@ -82,7 +85,7 @@ class StoreRequest(_message.Message):
         self,
         *,
         id: _builtins.int = ...,
-        timeout_ms: _builtins.int = ...,
+        deadline_us: _builtins.int = ...,
         ping: Global___Ping | None = ...,
         create_items: Global___CreateItems | None = ...,
         update_item: Global___UpdateItem | None = ...,
@@ -101,7 +104,7 @@ class StoreRequest(_message.Message):
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["create_items", b"create_items", "create_user", b"create_user", "delete_item", b"delete_item", "delete_upload", b"delete_upload", "events_since", b"events_since", "get_item", b"get_item", "get_stats", b"get_stats", "get_user", b"get_user", "get_user_by_name", b"get_user_by_name", "list_items", b"list_items", "op", b"op", "ping", b"ping", "record_upload", b"record_upload", "revocations_since", b"revocations_since", "revoke_token", b"revoke_token", "update_item", b"update_item"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["create_items", b"create_items", "create_user", b"create_user", "delete_item", b"delete_item", "delete_upload", b"delete_upload", "events_since", b"events_since", "get_item", b"get_item", "get_stats", b"get_stats", "get_user", b"get_user", "get_user_by_name", b"get_user_by_name", "id", b"id", "list_items", b"list_items", "op", b"op", "ping", b"ping", "record_upload", b"record_upload", "revocations_since", b"revocations_since", "revoke_token", b"revoke_token", "timeout_ms", b"timeout_ms", "update_item", b"update_item"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["create_items", b"create_items", "create_user", b"create_user", "deadline_us", b"deadline_us", "delete_item", b"delete_item", "delete_upload", b"delete_upload", "events_since", b"events_since", "get_item", b"get_item", "get_stats", b"get_stats", "get_user", b"get_user", "get_user_by_name", b"get_user_by_name", "id", b"id", "list_items", b"list_items", "op", b"op", "ping", b"ping", "record_upload", b"record_upload", "revocations_since", b"revocations_since", "revoke_token", b"revoke_token", "update_item", b"update_item"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType_op: _TypeAlias = _typing.Literal["ping", "create_items", "update_item", "delete_item", "get_item", "list_items", "get_stats", "create_user", "get_user_by_name", "get_user", "events_since", "revoke_token", "revocations_since", "record_upload", "delete_upload"]  # noqa: Y015
     _WhichOneofArgType_op: _TypeAlias = _typing.Literal["op", b"op"]  # noqa: Y015
@@ -130,7 +133,16 @@ class CreateItems(_message.Message):
 
     ACTOR_ID_FIELD_NUMBER: _builtins.int
     ITEMS_FIELD_NUMBER: _builtins.int
+    IDEMPOTENCY_KEY_FIELD_NUMBER: _builtins.int
+    REQUEST_HASH_FIELD_NUMBER: _builtins.int
     actor_id: _builtins.int
+    idempotency_key: _builtins.str
+    """Idempotency-Key: a create with the same (actor_id, key) within 24 h answers the first
+    result again instead of writing; with a different request_hash it fails INVALID. The key
+    is written in the same transaction as the items.
+    """
+    request_hash: _builtins.bytes
+    """identifies the request the key was first used with"""
     @_builtins.property
     def items(self) -> _containers.RepeatedCompositeFieldContainer[_duckcast_pb2.ItemCreate]:
         """all or nothing"""
@@ -140,10 +152,12 @@ class CreateItems(_message.Message):
         *,
         actor_id: _builtins.int = ...,
         items: _abc.Iterable[_duckcast_pb2.ItemCreate] | None = ...,
+        idempotency_key: _builtins.str = ...,
+        request_hash: _builtins.bytes = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["actor_id", b"actor_id", "items", b"items"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["actor_id", b"actor_id", "idempotency_key", b"idempotency_key", "items", b"items", "request_hash", b"request_hash"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -156,20 +170,28 @@ class UpdateItem(_message.Message):
     ACTOR_ID_FIELD_NUMBER: _builtins.int
     ITEM_ID_FIELD_NUMBER: _builtins.int
     PATCH_FIELD_NUMBER: _builtins.int
+    IF_MATCH_FIELD_NUMBER: _builtins.int
     actor_id: _builtins.int
     item_id: _builtins.int
     @_builtins.property
     def patch(self) -> _duckcast_pb2.ItemUpdate: ...
+    @_builtins.property
+    def if_match(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
+        """If-Match: when set, the item's current version must be one of these
+        (else PRECONDITION_FAILED). Checked by the single writer inside the batch.
+        """
+
     def __init__(
         self,
         *,
         actor_id: _builtins.int = ...,
         item_id: _builtins.int = ...,
         patch: _duckcast_pb2.ItemUpdate | None = ...,
+        if_match: _abc.Iterable[_builtins.int] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["patch", b"patch"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["actor_id", b"actor_id", "item_id", b"item_id", "patch", b"patch"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["actor_id", b"actor_id", "if_match", b"if_match", "item_id", b"item_id", "patch", b"patch"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -181,17 +203,23 @@ class DeleteItem(_message.Message):
 
     ACTOR_ID_FIELD_NUMBER: _builtins.int
     ITEM_ID_FIELD_NUMBER: _builtins.int
+    IF_MATCH_FIELD_NUMBER: _builtins.int
     actor_id: _builtins.int
     item_id: _builtins.int
+    @_builtins.property
+    def if_match(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
+        """as UpdateItem.if_match"""
+
     def __init__(
         self,
         *,
         actor_id: _builtins.int = ...,
         item_id: _builtins.int = ...,
+        if_match: _abc.Iterable[_builtins.int] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["actor_id", b"actor_id", "item_id", b"item_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["actor_id", b"actor_id", "if_match", b"if_match", "item_id", b"item_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -522,6 +550,9 @@ class StoreError(_message.Message):
         INVALID: StoreError._Code.ValueType  # 4
         UNAVAILABLE: StoreError._Code.ValueType  # 5
         TIMEOUT: StoreError._Code.ValueType  # 6
+        """not applied: the deadline passed before the store started committing it"""
+        PRECONDITION_FAILED: StoreError._Code.ValueType  # 7
+        """If-Match did not match the item's version"""
         UNAUTHENTICATED: StoreError._Code.ValueType  # 20
         """the actor does not exist (a token for a user the store never had)"""
         TOO_MANY_REQUESTS: StoreError._Code.ValueType  # 21
@@ -535,6 +566,9 @@ class StoreError(_message.Message):
     INVALID: StoreError.Code.ValueType  # 4
     UNAVAILABLE: StoreError.Code.ValueType  # 5
     TIMEOUT: StoreError.Code.ValueType  # 6
+    """not applied: the deadline passed before the store started committing it"""
+    PRECONDITION_FAILED: StoreError.Code.ValueType  # 7
+    """If-Match did not match the item's version"""
     UNAUTHENTICATED: StoreError.Code.ValueType  # 20
     """the actor does not exist (a token for a user the store never had)"""
     TOO_MANY_REQUESTS: StoreError.Code.ValueType  # 21
@@ -648,6 +682,26 @@ class EventBatch(_message.Message):
 Global___EventBatch: _TypeAlias = EventBatch  # noqa: Y015
 
 @_typing.final
+class Committing(_message.Message):
+    """Sent for a write (same id as its request) right before the store commits it, ahead of
+    the real answer. A worker whose deadline passes with no Committing for a write knows it
+    was not and will not be applied; after a Committing it waits for the outcome.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Committing: _TypeAlias = Committing  # noqa: Y015
+
+@_typing.final
 class StoreResponse(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -662,6 +716,7 @@ class StoreResponse(_message.Message):
     USER_FIELD_NUMBER: _builtins.int
     USER_RECORD_FIELD_NUMBER: _builtins.int
     EVENTS_FIELD_NUMBER: _builtins.int
+    COMMITTING_FIELD_NUMBER: _builtins.int
     REVOKED_FIELD_NUMBER: _builtins.int
     REVOCATIONS_FIELD_NUMBER: _builtins.int
     UPLOAD_FIELD_NUMBER: _builtins.int
@@ -688,6 +743,10 @@ class StoreResponse(_message.Message):
     @_builtins.property
     def events(self) -> Global___EventBatch: ...
     @_builtins.property
+    def committing(self) -> Global___Committing:
+        """not the answer: the answer follows"""
+
+    @_builtins.property
     def revoked(self) -> Global___Revocation: ...
     @_builtins.property
     def revocations(self) -> Global___Revocations: ...
@@ -709,16 +768,17 @@ class StoreResponse(_message.Message):
         user: _duckcast_pb2.User | None = ...,
         user_record: Global___UserRecord | None = ...,
         events: Global___EventBatch | None = ...,
+        committing: Global___Committing | None = ...,
         revoked: Global___Revocation | None = ...,
         revocations: Global___Revocations | None = ...,
         upload: _duckcast_pb2.UploadResult | None = ...,
         upload_deleted: Global___Deleted | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["deleted", b"deleted", "error", b"error", "events", b"events", "item", b"item", "items", b"items", "page", b"page", "pong", b"pong", "result", b"result", "revocations", b"revocations", "revoked", b"revoked", "stats", b"stats", "upload", b"upload", "upload_deleted", b"upload_deleted", "user", b"user", "user_record", b"user_record"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["committing", b"committing", "deleted", b"deleted", "error", b"error", "events", b"events", "item", b"item", "items", b"items", "page", b"page", "pong", b"pong", "result", b"result", "revocations", b"revocations", "revoked", b"revoked", "stats", b"stats", "upload", b"upload", "upload_deleted", b"upload_deleted", "user", b"user", "user_record", b"user_record"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["deleted", b"deleted", "error", b"error", "events", b"events", "id", b"id", "item", b"item", "items", b"items", "page", b"page", "pong", b"pong", "result", b"result", "revocations", b"revocations", "revoked", b"revoked", "stats", b"stats", "upload", b"upload", "upload_deleted", b"upload_deleted", "user", b"user", "user_record", b"user_record"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["committing", b"committing", "deleted", b"deleted", "error", b"error", "events", b"events", "id", b"id", "item", b"item", "items", b"items", "page", b"page", "pong", b"pong", "result", b"result", "revocations", b"revocations", "revoked", b"revoked", "stats", b"stats", "upload", b"upload", "upload_deleted", b"upload_deleted", "user", b"user", "user_record", b"user_record"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_result: _TypeAlias = _typing.Literal["error", "pong", "items", "item", "deleted", "page", "stats", "user", "user_record", "events", "revoked", "revocations", "upload", "upload_deleted"]  # noqa: Y015
+    _WhichOneofReturnType_result: _TypeAlias = _typing.Literal["error", "pong", "items", "item", "deleted", "page", "stats", "user", "user_record", "events", "committing", "revoked", "revocations", "upload", "upload_deleted"]  # noqa: Y015
     _WhichOneofArgType_result: _TypeAlias = _typing.Literal["result", b"result"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_result) -> _WhichOneofReturnType_result | None: ...
 

@@ -16,12 +16,26 @@ from typing import Any
 
 import duckdb
 
-from service.errors import Conflict, DuckcastError, Forbidden, Invalid, NotFound, Unauthorized
+from service.errors import (
+    Conflict,
+    DuckcastError,
+    Forbidden,
+    Invalid,
+    NotFound,
+    PreconditionFailed,
+    Unauthorized,
+)
 from service.pb import duckcast_pb2 as pb
 from service.pb import store_pb2 as spb
 from service.store import revocations
 from service.store.cache import ItemCache
-from service.store.rows import events_table, item_from_row, items_table, users_table
+from service.store.rows import (
+    events_table,
+    idempotency_table,
+    item_from_row,
+    items_table,
+    users_table,
+)
 from service.store.schema import ITEM_COLUMNS
 from service.store.uploads import UploadLimits, delete_upload, record_upload
 from service.wire import set_us
@@ -41,6 +55,9 @@ WriteOp = (
 # "exists" is `id < next_user_id`, known without a query (a token minted with a leaked key
 # for user -5 or 10**12 writes nothing).
 _ACTOR_OPS = (spb.CreateItems, spb.UpdateItem, spb.DeleteItem, spb.RecordUpload, spb.DeleteUpload)
+IDEMPOTENCY_TTL_US = 24 * 3600 * 1_000_000  # the public contract: keys hold for 24 h
+# (owner_id, key) -> (request_hash, serialized ItemList first answered, created_us)
+KeyRecord = tuple[bytes, bytes, int]
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,6 +123,7 @@ class WritePlan:
         self.events: list[pb.DomainEvent] = []
         self.users: list[tuple[int, str, str, int]] = []
         self.revocations: list[spb.Revocation] = []
+        self.keys: list[tuple[int, str, bytes, bytes, int]] = []
         self._on_commit = on_commit
 
     def committed(self) -> None:
@@ -125,6 +143,7 @@ def apply_batch(
     view = _load_view(con, ops, cache)
     before = dict(view)
     taken = _taken_usernames(con, ops)
+    keys = _load_keys(con, ops, now_us)
     st = plan.state
 
     def emit(kind: int, old: pb.Item | None, new: pb.Item | None) -> None:
@@ -152,6 +171,8 @@ def apply_batch(
                 revoked.rev = st.last_rev
                 plan.revocations.append(revoked)
                 plan.results.append(revoked)
+            elif isinstance(op, spb.CreateItems) and op.idempotency_key:
+                plan.results.append(_create_once(op, keys, view, st, plan, emit, now_us))
             else:
                 plan.results.append(_apply_one(op, view, st, taken, plan, emit, now_us))
         except DuckcastError as exc:
@@ -171,7 +192,35 @@ def apply_batch(
         _insert(con, "events", events_table(plan.events))
     if plan.revocations:
         revocations.insert(con, plan.revocations)
+    if plan.keys:
+        # an expired key of the same name is replaced: it is one row per (owner, key)
+        _insert(con, "idempotency_keys", idempotency_table(plan.keys), "INSERT OR REPLACE")
     return plan
+
+
+def _create_once(
+    op: spb.CreateItems,
+    keys: dict[tuple[int, str], KeyRecord],
+    view: dict[int, Any],
+    st: StoreState,
+    plan: WritePlan,
+    emit: Callable[[int, pb.Item | None, pb.Item | None], None],
+    now_us: int,
+) -> object:
+    """A create guarded by an Idempotency-Key: the first answer again if the key was used
+    (`keys` holds the unexpired stored keys and those used earlier in this batch)."""
+    slot = (op.actor_id, op.idempotency_key)
+    known = keys.get(slot)
+    if known is not None:
+        if known[0] != op.request_hash:
+            raise Invalid("Idempotency-Key: already used with a different request")
+        return pb.ItemList.FromString(known[1])
+    created = _apply_one(op, view, st, set(), plan, emit, now_us)
+    assert isinstance(created, pb.ItemList)
+    record = (op.request_hash, created.SerializeToString(), now_us)
+    keys[slot] = record
+    plan.keys.append((*slot, *record))
+    return created
 
 
 def _apply_one(
@@ -219,6 +268,11 @@ def _apply_one(
         raise NotFound(f"item {op.item_id} not found")
     if current.owner_id != op.actor_id:
         raise Forbidden(f"item {op.item_id} belongs to another user")
+    if op.if_match and current.version not in op.if_match:
+        raise PreconditionFailed(
+            f"If-Match: item {op.item_id} is at version {current.version}"
+            f' (ETag "{current.version}")'
+        )
     if isinstance(op, spb.DeleteItem):
         view[op.item_id] = None
         emit(pb.DELETED, current, None)
@@ -271,9 +325,33 @@ def _taken_usernames(con: duckdb.DuckDBPyConnection, ops: Sequence[WriteOp]) -> 
     return {r[0] for r in rows}
 
 
-def _insert(con: duckdb.DuckDBPyConnection, table: str, data: Any) -> None:
+def _load_keys(
+    con: duckdb.DuckDBPyConnection, ops: Sequence[WriteOp], now_us: int
+) -> dict[tuple[int, str], KeyRecord]:
+    """The unexpired idempotency keys the batch's creates name."""
+    wanted = [
+        (op.actor_id, op.idempotency_key)
+        for op in ops
+        if isinstance(op, spb.CreateItems) and op.idempotency_key
+    ]
+    if not wanted:
+        return {}
+    owners, names = zip(*wanted, strict=True)
+    rows = con.execute(
+        "SELECT owner_id, key, request_hash, result, created_us FROM idempotency_keys "
+        "WHERE (owner_id, key) IN (SELECT unnest(?), unnest(?)) AND created_us > ?",
+        [list(owners), list(names), now_us - IDEMPOTENCY_TTL_US],
+    ).fetchall()
+    return {(r[0], r[1]): (bytes(r[2]), bytes(r[3]), r[4]) for r in rows}
+
+
+def purge_expired_keys(con: duckdb.DuckDBPyConnection, now_us: int) -> None:
+    con.execute("DELETE FROM idempotency_keys WHERE created_us <= ?", [now_us - IDEMPOTENCY_TTL_US])
+
+
+def _insert(con: duckdb.DuckDBPyConnection, table: str, data: Any, verb: str = "INSERT") -> None:
     con.register("_batch", data)
     try:
-        con.execute(f"INSERT INTO {table} SELECT * FROM _batch")
+        con.execute(f"{verb} INTO {table} SELECT * FROM _batch")
     finally:
         con.unregister("_batch")

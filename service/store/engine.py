@@ -26,9 +26,17 @@ from service.store.batch import (
     WritePlan,
     apply_batch,
     check_fields,
+    purge_expired_keys,
 )
-from service.store.cache import ItemCache, PageCache
-from service.store.reads import PageReader, PointReader, ReadPool, select_events, select_user
+from service.store.cache import ItemCache, PageCache, item_cache, page_cache
+from service.store.reads import (
+    PageReader,
+    PointReader,
+    ReadPool,
+    select_events,
+    select_last_seq,
+    select_user,
+)
 from service.store.schema import migrate
 from service.store.uploads import UploadLimits
 from service.store.writer import GroupCommitWriter
@@ -36,6 +44,7 @@ from service.storeclient.protocol import error_code
 
 logger = logging.getLogger(__name__)
 
+KEY_PURGE_INTERVAL_US = 3600 * 1_000_000
 RECENT_EVENTS = 10_000  # served from memory to resuming subscribers and gap repair
 MAX_EVENTS_PER_CALL = 5_000
 EventListener = Callable[[list[pb.DomainEvent]], None]
@@ -57,26 +66,31 @@ class StoreEngine:
         path: Path,
         *,
         read_threads: int = 4,
-        item_cache_size: int = 100_000,
+        item_cache_bytes: int = 64 * 1024 * 1024,
+        miss_cache_entries: int = 10_000,
+        page_cache_bytes: int = 16 * 1024 * 1024,
         commit_window: float = 0.0,
         max_batch: int = 2000,
         event_retention: int = 100_000,
         upload_limits: UploadLimits = UploadLimits(),
+        clock: Callable[[], float] = time.time,
     ) -> None:
         self.path = path
         self._upload_limits = upload_limits
         self.revocations = revocations.RevocationLog()
         self._read_threads = read_threads
-        self._item_cache: ItemCache = ItemCache(item_cache_size)
-        self._page_cache: PageCache = PageCache(4096)
+        self._item_cache: ItemCache = item_cache(item_cache_bytes, miss_cache_entries)
+        self._page_cache: PageCache = page_cache(page_cache_bytes)
         self._commit_window = commit_window
         self._max_batch = max_batch
         self._retention = event_retention
+        self._clock = clock
         self._recent: deque[pb.DomainEvent] = deque(maxlen=RECENT_EVENTS)
         self._recent_lock = threading.Lock()
         self._listeners: list[EventListener] = []
         self._batch_observers: list[Callable[[int, float], None]] = []
         self.state = StoreState()
+        self._keys_purged_us = 0
         self._con: duckdb.DuckDBPyConnection | None = None
 
     # -- lifecycle ------------------------------------------------------------------------
@@ -98,6 +112,7 @@ class StoreEngine:
             max_batch=self._max_batch,
             on_idle=_idle,
             on_batch=self._observe_batch,
+            clock=self._clock,
         )
         self._writer.start()
         self._pool = ReadPool(con, self._read_threads)
@@ -124,14 +139,13 @@ class StoreEngine:
     # -- the writer's side ------------------------------------------------------------------
 
     def _apply(self, con: duckdb.DuckDBPyConnection, ops: Sequence[WriteOp]) -> WritePlan:
+        now_us = int(self._clock() * 1_000_000)
+        if now_us - self._keys_purged_us > KEY_PURGE_INTERVAL_US:
+            # expired keys are already ignored by lookups; this only reclaims their rows
+            purge_expired_keys(con, now_us)
+            self._keys_purged_us = now_us
         plan = apply_batch(
-            con,
-            ops,
-            self.state,
-            self._item_cache,
-            time.time_ns() // 1000,
-            self._committed,
-            self._upload_limits,
+            con, ops, self.state, self._item_cache, now_us, self._committed, self._upload_limits
         )
         st = plan.state
         if (st.next_item_id, st.next_user_id) != (self.state.next_item_id, self.state.next_user_id):
@@ -167,11 +181,15 @@ class StoreEngine:
 
     # -- requests -----------------------------------------------------------------------------
 
-    async def handle(self, req: spb.StoreRequest) -> spb.StoreResponse:
+    async def handle(
+        self, req: spb.StoreRequest, committing: Callable[[], bool] | None = None
+    ) -> spb.StoreResponse:
+        """Answer one request. For a write, `committing` runs (on this loop) right before the
+        COMMIT that may apply it; a write is never applied after `req.deadline_us`."""
         resp = spb.StoreResponse(id=req.id)
-        deadline = time.monotonic() + req.timeout_ms / 1000 if req.timeout_ms else None
+        deadline = req.deadline_us / 1_000_000 if req.deadline_us else None
         try:
-            await self._dispatch(req, resp, deadline)
+            await self._dispatch(req, resp, deadline, committing)
         except errors.DuckcastError as exc:
             resp.ClearField("result")
             resp.error.code = error_code(exc)
@@ -183,7 +201,11 @@ class StoreEngine:
         return resp
 
     async def _dispatch(
-        self, req: spb.StoreRequest, resp: spb.StoreResponse, deadline: float | None
+        self,
+        req: spb.StoreRequest,
+        resp: spb.StoreResponse,
+        deadline: float | None,
+        committing: Callable[[], bool] | None,
     ) -> None:
         kind = req.WhichOneof("op")
         if kind == "get_item":
@@ -196,7 +218,7 @@ class StoreEngine:
         elif kind == "get_stats":
             resp.stats.CopyFrom(self.state.counters.stats())
         elif kind in WRITES:
-            result = await self._writer.submit(getattr(req, kind), deadline)
+            result = await self._writer.submit(getattr(req, kind), deadline, committing)
             getattr(resp, WRITES[kind]).CopyFrom(result)
         elif kind == "revocations_since":
             resp.revocations.CopyFrom(self.revocations.since(req.revocations_since.after_rev))
@@ -241,17 +263,25 @@ class StoreEngine:
         limit = min(max(limit, 1), MAX_EVENTS_PER_CALL)
         st = self.state
         batch = spb.EventBatch(last_seq=st.last_seq)
-        if after > st.last_seq or after < st.first_seq - 1:
+        if after > st.last_seq:
+            # A reader (a list page's seq) can see a commit before the writer's bookkeeping
+            # for it has run: ask the log itself before calling `after` a seq never issued.
+            visible = await self._pool.run(select_last_seq)
+            if after > visible:
+                batch.reset = True
+                return batch
+            batch.last_seq = visible
+        elif after < st.first_seq - 1:
             batch.reset = True
             return batch
-        with self._recent_lock:
-            oldest = self._recent[0].seq if self._recent else st.last_seq + 1
-            if after >= oldest - 1:
-                start = after - oldest + 1
-                batch.events.extend(
-                    self._recent[i] for i in range(start, min(len(self._recent), start + limit))
-                )
-                return batch
+        else:
+            with self._recent_lock:
+                oldest = self._recent[0].seq if self._recent else st.last_seq + 1
+                if after >= oldest - 1:
+                    start = after - oldest + 1
+                    stop = min(len(self._recent), start + limit)
+                    batch.events.extend(self._recent[i] for i in range(start, stop))
+                    return batch
         payloads = await self._pool.run(lambda cur: select_events(cur, after, limit))
         for payload in payloads:
             batch.events.add().ParseFromString(payload)

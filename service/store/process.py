@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import os
 import signal
 
 from service.config import Settings
@@ -15,12 +17,16 @@ from service.store.uploads import UploadLimits
 
 logger = logging.getLogger(__name__)
 
+ORPHAN_CHECK_INTERVAL = 1.0  # seconds
+
 
 def build_engine(settings: Settings) -> StoreEngine:
     return StoreEngine(
         settings.database_path,
         read_threads=settings.read_threads,
-        item_cache_size=settings.item_cache_size,
+        item_cache_bytes=settings.item_cache_bytes,
+        miss_cache_entries=settings.miss_cache_entries,
+        page_cache_bytes=settings.page_cache_bytes,
         commit_window=settings.commit_window_ms / 1000,
         max_batch=settings.max_batch,
         event_retention=settings.event_retention,
@@ -54,12 +60,30 @@ async def run_store(
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    orphaned = None
+    if os.environ.get("DUCKCAST_SUPERVISED"):
+        orphaned = asyncio.create_task(_stop_when_orphaned(os.getppid(), stop))
     print(f"duckcast store ready on {listen}", flush=True)
     await stop.wait()
-    # shutdown: stop answering, then let queued writes commit in order and close the file
+    if orphaned is not None:
+        orphaned.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await orphaned
+    # shutdown: refuse new requests, answer (commit) those taken, then close the file
     await server.close()
     await asyncio.to_thread(engine.close)
     if publisher is not None:
         await publisher.close()
         await backplane.close()
     logger.info("store stopped")
+
+
+async def _stop_when_orphaned(parent: int, stop: asyncio.Event) -> None:
+    """Under `duckcast serve` the store has a process group of its own, so a supervisor that
+    is killed outright cannot take it along: it notices being re-parented and stops itself."""
+    while True:
+        await asyncio.sleep(ORPHAN_CHECK_INTERVAL)
+        if os.getppid() != parent:
+            break
+    logger.warning("the supervisor is gone: stopping")
+    stop.set()

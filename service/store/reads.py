@@ -157,3 +157,8 @@ def select_events(cur: duckdb.DuckDBPyConnection, after: int, limit: int) -> lis
         "SELECT payload FROM events WHERE seq > ? ORDER BY seq LIMIT ?", [after, limit]
     ).fetchall()
     return [bytes(r[0]) for r in rows]
+
+
+def select_last_seq(cur: duckdb.DuckDBPyConnection) -> int:
+    row = cur.execute("SELECT coalesce(max(seq), 0) FROM events").fetchone()
+    return int(row[0]) if row else 0

@@ -26,6 +26,15 @@ ITEM_SCHEMA = pa.schema(
     ]
 )
 EVENT_SCHEMA = pa.schema([("seq", pa.int64()), ("payload", pa.binary())])
+IDEMPOTENCY_SCHEMA = pa.schema(
+    [
+        ("owner_id", pa.int64()),
+        ("key", pa.string()),
+        ("request_hash", pa.binary()),
+        ("result", pa.binary()),
+        ("created_us", pa.int64()),
+    ]
+)
 USER_SCHEMA = pa.schema(
     [
         ("id", pa.int64()),
@@ -79,12 +88,19 @@ def events_table(events: Sequence[pb.DomainEvent]) -> pa.Table:
     )
 
 
-def users_table(rows: Sequence[tuple[int, str, str, int]]) -> pa.Table:
+def _columns(rows: Sequence[tuple[Any, ...]], schema: pa.Schema) -> pa.Table:
     cols = list(zip(*rows, strict=True))
     return pa.Table.from_arrays(
-        [pa.array(c, type=f.type) for c, f in zip(cols, USER_SCHEMA, strict=True)],
-        schema=USER_SCHEMA,
+        [pa.array(c, type=f.type) for c, f in zip(cols, schema, strict=True)], schema=schema
     )
+
+
+def users_table(rows: Sequence[tuple[int, str, str, int]]) -> pa.Table:
+    return _columns(rows, USER_SCHEMA)
+
+
+def idempotency_table(rows: Sequence[tuple[int, str, bytes, bytes, int]]) -> pa.Table:
+    return _columns(rows, IDEMPOTENCY_SCHEMA)
 
 
 def user_from_row(row: Sequence[Any]) -> pb.User:

@@ -59,6 +59,21 @@ MIGRATIONS: list[tuple[int, str]] = [
         );
         """,
     ),
+    (
+        3,
+        """
+        -- Idempotency-Key of a create, written in the same transaction as the items it made;
+        -- `result` is the serialized ItemList first answered. Purged after 24 h.
+        CREATE TABLE idempotency_keys (
+            owner_id BIGINT NOT NULL,
+            key VARCHAR NOT NULL,
+            request_hash BLOB NOT NULL,
+            result BLOB NOT NULL,
+            created_us BIGINT NOT NULL,
+            PRIMARY KEY (owner_id, key)
+        );
+        """,
+    ),
 ]
 
 ITEM_COLUMNS = "id, title, description, status, priority, owner_id, created_us, updated_us, version"

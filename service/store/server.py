@@ -4,6 +4,13 @@ Each connection is multiplexed: requests are handled concurrently and answered a
 tagged with their request id. Back-pressure: at most `max_in_flight` requests per connection
 are being handled, and the read loop waits for the socket's send buffer to drain before it
 reads more, so a slow or flooding client cannot grow the store's memory.
+
+A write is preceded by a Committing notice (written straight to the socket, before the writer
+commits), so a worker that gives up on a write without one knows it was not applied.
+
+Shutdown drains, like uvicorn: stop accepting connections, refuse requests that arrive from
+then on (UNAVAILABLE: not done), answer every request already taken (writes commit and are
+acknowledged), then close the connections.
 """
 
 from __future__ import annotations
@@ -26,6 +33,8 @@ from service.storeclient.protocol import ProtocolError, encode_frame, parse_addr
 logger = logging.getLogger(__name__)
 _refused = ThrottledWarning(logger)
 
+DRAIN_TIMEOUT = 30.0  # seconds close() waits for requests already taken
+
 
 class StoreServer:
     def __init__(
@@ -37,6 +46,8 @@ class StoreServer:
         self._max_in_flight = max_in_flight
         self._server: asyncio.Server | None = None
         self._connections: set[asyncio.Task[None]] = set()
+        self._handlers: set[asyncio.Task[None]] = set()
+        self._draining = False
 
     async def start(self) -> None:
         kind, addr = parse_address(self._listen)
@@ -52,9 +63,21 @@ class StoreServer:
             self._server = await asyncio.start_server(self._serve, addr[0], addr[1])
         logger.info("store listening on %s", self._listen)
 
-    async def close(self) -> None:
+    async def close(self, drain_timeout: float = DRAIN_TIMEOUT) -> None:
+        # shutdown: no new connections, refuse new requests, answer those already taken
+        self._draining = True
         if self._server is not None:
             self._server.close()
+        loop = asyncio.get_running_loop()
+        give_up = loop.time() + drain_timeout
+        while self._handlers:  # (a request that waited for a slot may join late)
+            if loop.time() >= give_up:
+                logger.warning(
+                    "%d store requests still running after the drain", len(self._handlers)
+                )
+                break
+            await asyncio.wait(set(self._handlers), timeout=give_up - loop.time())
+        await asyncio.sleep(0)  # let the coalesced answers reach the sockets
         for task in list(self._connections):
             task.cancel()
         await asyncio.gather(*self._connections, return_exceptions=True)
@@ -81,10 +104,14 @@ class StoreServer:
                     req = spb.StoreRequest.FromString(frame)
                 except DecodeError as exc:
                     raise ProtocolError("undecodable StoreRequest") from exc
+                if self._draining:
+                    out.send(_refusal(req.id))
+                    continue
                 await slots.acquire()
                 handler = asyncio.create_task(self._answer(req, out, slots))
-                handlers.add(handler)
-                handler.add_done_callback(handlers.discard)
+                for tracked in (handlers, self._handlers):
+                    tracked.add(handler)
+                    handler.add_done_callback(tracked.discard)
                 await writer.drain()
         except (asyncio.IncompleteReadError, ConnectionError):
             pass  # the worker went away
@@ -102,11 +129,22 @@ class StoreServer:
     async def _answer(
         self, req: spb.StoreRequest, out: _Coalescer, slots: asyncio.Semaphore
     ) -> None:
+        def committing() -> bool:
+            notice = spb.StoreResponse(id=req.id, committing=spb.Committing())
+            return out.send_now(encode_frame(notice.SerializeToString()))
+
         try:
-            resp = await self._engine.handle(req)
+            resp = await self._engine.handle(req, committing)
             out.send(encode_frame(resp.SerializeToString()))
         finally:
             slots.release()
+
+
+def _refusal(request_id: int) -> bytes:
+    resp = spb.StoreResponse(id=request_id)
+    resp.error.code = spb.StoreError.UNAVAILABLE
+    resp.error.message = "the store is shutting down"
+    return encode_frame(resp.SerializeToString())
 
 
 class _Coalescer:
@@ -123,7 +161,18 @@ class _Coalescer:
         if len(self._frames) == 1:
             asyncio.get_running_loop().call_soon(self._flush)
 
+    def send_now(self, frame: bytes) -> bool:
+        """Straight to the socket (with anything pending), not at the end of the loop turn;
+        False if the connection is closing (nothing was sent)."""
+        if self._writer.is_closing():
+            return False
+        self._frames.append(frame)
+        self._flush()
+        return True
+
     def _flush(self) -> None:
+        if not self._frames:
+            return  # sent early by send_now
         frames, self._frames = self._frames, []
         if not self._writer.is_closing():
             self._writer.write(b"".join(frames))

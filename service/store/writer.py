@@ -7,6 +7,13 @@ it is rolled back and each op is retried alone, so a bad write fails alone while
 commit. Results reach the caller's loop with call_soon_threadsafe; a cancelled caller or a
 closed loop is skipped without hurting the thread (the pattern of datasette's
 `execute_write_fn` / `_deliver_write_result`).
+
+Deadlines: a write carries its caller's absolute wall-clock deadline. The writer never starts
+committing a write whose deadline has passed: it checks before applying the batch and again
+right before COMMIT (the apply may have taken long, or the process was paused), and answers
+StoreTimeout ("not applied"). A caller that wants to know which writes may still commit passes
+`committing`: it is called on the caller's loop right before COMMIT, and COMMIT waits until it
+has run (the store server sends the worker a Committing notice from it).
 """
 
 from __future__ import annotations
@@ -41,15 +48,32 @@ class BatchPlan(Protocol):
 ApplyFn = Callable[[duckdb.DuckDBPyConnection, Sequence[Any]], BatchPlan]
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, eq=False)
 class _Task(Generic[Op]):
     op: Op
     future: asyncio.Future[Any]
     loop: asyncio.AbstractEventLoop
-    deadline: float | None  # time.monotonic()
+    deadline: float | None  # time.time(): wall clock, as the worker that set it
+    committing: Callable[[], bool] | None = None
+    announced: bool = False  # `committing` ran and returned True (set on the caller's loop)
+
+    def expired(self, now: float) -> bool:
+        return self.deadline is not None and self.deadline <= now
+
+
+class _Expired(Exception):
+    """Raised inside the transaction to roll it back: these writes may no longer commit."""
+
+    def __init__(self, tasks: list[_Task[Any]]) -> None:
+        super().__init__(f"{len(tasks)} writes past their deadline")
+        self.tasks = tasks
 
 
 _STOP = object()
+
+
+def _expired() -> StoreTimeout:
+    return StoreTimeout("write not applied: its deadline passed before the store could commit it")
 
 
 def _resolve(future: asyncio.Future[Any], value: object) -> None:
@@ -72,8 +96,10 @@ class GroupCommitWriter(Generic[Op]):
         idle_after: float = 5.0,
         on_idle: Callable[[duckdb.DuckDBPyConnection], None] | None = None,
         on_batch: Callable[[int, float], None] | None = None,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         self._con = con
+        self._clock = clock  # wall clock, for deadlines (a test may control it)
         self._apply = apply
         self._window = window
         self._max_batch = max_batch
@@ -91,12 +117,21 @@ class GroupCommitWriter(Generic[Op]):
     def alive(self) -> bool:
         return self._thread.is_alive()
 
-    async def submit(self, op: Op, deadline: float | None = None) -> Any:
+    async def submit(
+        self,
+        op: Op,
+        deadline: float | None = None,
+        committing: Callable[[], bool] | None = None,
+    ) -> Any:
+        """The op's result once committed. `deadline` is wall-clock (time.time()); past it the
+        write is not applied (StoreTimeout). `committing` runs on this loop right before the
+        COMMIT that may apply the write; if it returns False (its caller cannot be told) the
+        write is not applied either."""
         if self._closed:
             raise StoreUnavailable("store is shutting down")
         loop = asyncio.get_running_loop()
         future: asyncio.Future[Any] = loop.create_future()
-        self._queue.put(_Task(op, future, loop, deadline))
+        self._queue.put(_Task(op, future, loop, deadline, committing, committing is None))
         return await future
 
     def close(self, timeout: float = 30.0) -> None:
@@ -148,19 +183,25 @@ class GroupCommitWriter(Generic[Op]):
         return batch, False
 
     def _commit_batch(self, batch: list[_Task[Op]]) -> None:
-        now = time.monotonic()
+        now = self._clock()
         live: list[_Task[Op]] = []
         for task in batch:
-            if task.deadline is not None and task.deadline < now:
+            if task.expired(now):
                 # Nobody waits for it any more: skipping it makes the timeout a clean "not done".
-                self._deliver(task, StoreTimeout("write expired in the store queue"))
+                self._deliver(task, _expired())
             else:
                 live.append(task)
         if not live:
             return
         started = time.perf_counter()
         try:
-            plan = self._transaction([t.op for t in live])
+            plan = self._transaction(live)
+        except _Expired as exc:
+            for task in exc.tasks:
+                self._deliver(task, _expired())
+            late = {id(t) for t in exc.tasks}
+            self._commit_batch([t for t in live if id(t) not in late])
+            return
         except Exception:
             if len(live) == 1:
                 logger.exception("write failed")
@@ -187,11 +228,23 @@ class GroupCommitWriter(Generic[Op]):
             except Exception:
                 logger.exception("batch observer failed")
 
-    def _transaction(self, ops: list[Op]) -> BatchPlan:
+    def _transaction(self, live: list[_Task[Op]]) -> BatchPlan:
+        announced = self._announce(live)
         con = self._con
         con.execute("BEGIN TRANSACTION")
         try:
-            plan = self._apply(con, ops)
+            plan = self._apply(con, [t.op for t in live])
+            if announced is not None:
+                # Until its notice is out a write must not commit: its worker could give up
+                # believing it was never applied. (Only a stalled loop makes this wait long,
+                # and then no answer could leave the store anyway.)
+                deadlines = [t.deadline for t in live]
+                last = None if None in deadlines else max(d for d in deadlines if d is not None)
+                announced.wait(None if last is None else max(0.0, last - self._clock()))
+            now = self._clock()
+            late = [t for t in live if t.expired(now) or not t.announced]
+            if late:
+                raise _Expired(late)
             con.execute("COMMIT")
         except BaseException:
             # a failed COMMIT has already ended the transaction
@@ -199,6 +252,42 @@ class GroupCommitWriter(Generic[Op]):
                 con.execute("ROLLBACK")
             raise
         return plan
+
+    def _announce(self, live: list[_Task[Op]]) -> threading.Event | None:
+        """Run the `committing` callbacks of `live` on their loops; the event is set once
+        they have all run (or cannot: a closed loop's writes stay unannounced, not applied)."""
+        waiting = [t for t in live if not t.announced]
+        if not waiting:
+            return None
+        by_loop: dict[asyncio.AbstractEventLoop, list[_Task[Op]]] = {}
+        for task in waiting:
+            by_loop.setdefault(task.loop, []).append(task)
+        done = threading.Event()
+        remaining = [len(by_loop)]
+        lock = threading.Lock()
+
+        def announce(tasks: list[_Task[Op]]) -> None:
+            try:
+                for task in tasks:
+                    assert task.committing is not None
+                    task.announced = task.committing()
+            except Exception:
+                logger.exception("committing notice failed")
+            finally:
+                with lock:
+                    remaining[0] -= 1
+                    if not remaining[0]:
+                        done.set()
+
+        for loop, tasks in by_loop.items():
+            try:
+                loop.call_soon_threadsafe(announce, tasks)
+            except RuntimeError:  # the caller's loop is closed: they stay unannounced
+                with lock:
+                    remaining[0] -= 1
+        if not remaining[0]:
+            done.set()
+        return done
 
     def _deliver(self, task: _Task[Op], value: object) -> None:
         # A closed loop raises RuntimeError: nobody is left to tell.

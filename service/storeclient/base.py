@@ -33,7 +33,6 @@ class StoreClient(abc.ABC):
 
     async def _ok(self, req: spb.StoreRequest) -> spb.StoreResponse:
         op = req.WhichOneof("op") or "unknown"
-        req.timeout_ms = int(self.timeout * 1000)
         started = time.perf_counter()
         try:
             resp = await self.call(req)
@@ -50,16 +49,32 @@ class StoreClient(abc.ABC):
     async def ping(self) -> int:
         return (await self._ok(spb.StoreRequest(ping=spb.Ping()))).pong.seq
 
-    async def create_items(self, actor_id: int, items: Sequence[pb.ItemCreate]) -> pb.ItemList:
-        req = spb.StoreRequest(create_items=spb.CreateItems(actor_id=actor_id, items=items))
-        return (await self._ok(req)).items
+    async def create_items(
+        self,
+        actor_id: int,
+        items: Sequence[pb.ItemCreate],
+        idempotency_key: str = "",
+        request_hash: bytes = b"",
+    ) -> pb.ItemList:
+        """All or nothing. With an `idempotency_key`, the same (actor, key) within 24 h answers
+        the first result again instead of writing (Invalid if `request_hash` differs)."""
+        op = spb.CreateItems(
+            actor_id=actor_id,
+            items=items,
+            idempotency_key=idempotency_key,
+            request_hash=request_hash,
+        )
+        return (await self._ok(spb.StoreRequest(create_items=op))).items
 
-    async def update_item(self, actor_id: int, item_id: int, patch: pb.ItemUpdate) -> pb.Item:
-        op = spb.UpdateItem(actor_id=actor_id, item_id=item_id, patch=patch)
+    async def update_item(
+        self, actor_id: int, item_id: int, patch: pb.ItemUpdate, if_match: Sequence[int] = ()
+    ) -> pb.Item:
+        """`if_match`: versions the item must be at (PreconditionFailed otherwise)."""
+        op = spb.UpdateItem(actor_id=actor_id, item_id=item_id, patch=patch, if_match=if_match)
         return (await self._ok(spb.StoreRequest(update_item=op))).item
 
-    async def delete_item(self, actor_id: int, item_id: int) -> int:
-        op = spb.DeleteItem(actor_id=actor_id, item_id=item_id)
+    async def delete_item(self, actor_id: int, item_id: int, if_match: Sequence[int] = ()) -> int:
+        op = spb.DeleteItem(actor_id=actor_id, item_id=item_id, if_match=if_match)
         return (await self._ok(spb.StoreRequest(delete_item=op))).deleted.seq
 
     async def get_item(self, item_id: int) -> pb.Item:

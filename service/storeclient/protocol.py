@@ -24,6 +24,7 @@ _BY_CODE: dict[int, type[errors.DuckcastError]] = {
     spb.StoreError.UNAUTHENTICATED: errors.Unauthorized,
     spb.StoreError.TOO_MANY_REQUESTS: errors.TooManyRequests,
     spb.StoreError.TOO_LARGE: errors.PayloadTooLarge,
+    spb.StoreError.PRECONDITION_FAILED: errors.PreconditionFailed,
 }
 _BY_CLASS = {cls: code for code, cls in _BY_CODE.items()}
 

@@ -2,11 +2,19 @@
 
 - Requests carry ids; a reader task matches answers to waiting futures, so any number of
   requests share the connection (measured ~8x cheaper per call than grpc.aio).
-- Deadlines: every call gives up after `timeout` with StoreTimeout (the API answers 503).
+- Deadlines travel: each request carries an absolute wall-clock deadline, `COMMIT_MARGIN`
+  before the call gives up, and the store never starts committing a write past it. Right before
+  it commits a write the store sends a Committing notice. So when a call gives up (StoreTimeout,
+  the API answers 503) its write was not applied and never will be; a write that was announced
+  is waited for up to IN_DOUBT_WAIT longer, and only if the store stays silent (or goes away)
+  after announcing it does the call end in WriteInDoubt (504).
 - Back-pressure: at most `max_in_flight` calls wait on the store; more wait for a slot, within
   their deadline.
-- Reconnection: a lost connection fails the calls in flight with StoreUnavailable; the next call
-  reconnects, with exponential backoff between failed attempts so a dead store is not hammered.
+- Reconnection: a lost connection fails the calls in flight. The next call reconnects; failed
+  attempts back off exponentially, one attempt at a time for all callers, so a dead store is
+  not hammered. A call that arrives during a backoff waits for the next attempt if it comes
+  before its deadline (else it fails at once): once the store is back every waiting call
+  proceeds, instead of failing fast until its own backoff ran out.
 """
 
 from __future__ import annotations
@@ -16,7 +24,7 @@ import contextlib
 import logging
 import time
 
-from service.errors import StoreTimeout, StoreUnavailable
+from service.errors import StoreTimeout, StoreUnavailable, WriteInDoubt
 from service.pb import store_pb2 as spb
 from service.storeclient.base import StoreClient
 from service.storeclient.handshake import HandshakeError, client_handshake
@@ -26,6 +34,13 @@ logger = logging.getLogger(__name__)
 
 BACKOFF_MIN, BACKOFF_MAX = 0.05, 2.0
 SWEEP_INTERVAL = 0.05  # seconds between deadline checks
+# How much earlier than the call's own deadline the store must have started committing: a
+# Committing notice sent just before the store's deadline reaches us before we give up.
+# Clocks of the worker and store hosts must agree to well within this.
+COMMIT_MARGIN_MAX = 1.0
+# How long past its deadline a call waits for a write the store announced it is committing
+# (a commit takes milliseconds: only a paused or stalled store makes this wait), then 504.
+IN_DOUBT_WAIT = 10.0
 
 
 class SocketStoreClient(StoreClient):
@@ -38,22 +53,30 @@ class SocketStoreClient(StoreClient):
         self._next_id = 1
         self._writer: asyncio.StreamWriter | None = None
         self._reader_task: asyncio.Task[None] | None = None
-        self._connect_lock = asyncio.Lock()
-        self._backoff = 0.0
+        self._attempt: asyncio.Task[asyncio.StreamWriter] | None = None
+        self._attempt_at = 0.0  # loop time of the current or next connection attempt
         self._retry_at = 0.0
+        self._backoff = 0.0
         self._last_error = ""
+        self.attempts = 0  # connection attempts made (a dead store is not hammered)
         self._deadlines: dict[int, float] = {}
+        self._in_doubt: set[int] = set()  # writes the store announced it is committing
         self._sweeper: asyncio.TimerHandle | None = None
         self._out: list[bytes] = []
+
+    @property
+    def commit_margin(self) -> float:
+        return min(COMMIT_MARGIN_MAX, self.timeout / 4)
 
     async def close(self) -> None:
         if self._sweeper is not None:
             self._sweeper.cancel()
             self._sweeper = None
-        if self._reader_task is not None:
-            self._reader_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._reader_task
+        for task in (self._attempt, self._reader_task):
+            if task is not None and not task.done():
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError, StoreUnavailable):
+                    await task
         self._drop(StoreUnavailable("store client closed"))
 
     async def call(self, req: spb.StoreRequest) -> spb.StoreResponse:
@@ -68,21 +91,23 @@ class SocketStoreClient(StoreClient):
         else:
             await self._slots.acquire()
         try:
-            await self._connection()
-            req.id = self._next_id
+            await self._connection(deadline)
+            req.id = rid = self._next_id
             self._next_id += 1
-            req.timeout_ms = max(1, int((deadline - loop.time()) * 1000))
+            store_deadline = time.time() + deadline - loop.time() - self.commit_margin
+            req.deadline_us = int(store_deadline * 1_000_000)
             future: asyncio.Future[spb.StoreResponse] = loop.create_future()
-            self._pending[req.id] = future
-            self._deadlines[req.id] = deadline
+            self._pending[rid] = future
+            self._deadlines[rid] = deadline
             self._send(encode_frame(req.SerializeToString()))
             if self._sweeper is None:
                 self._sweeper = loop.call_later(SWEEP_INTERVAL, self._sweep)
             try:
                 return await future
             finally:
-                self._pending.pop(req.id, None)
-                self._deadlines.pop(req.id, None)
+                self._pending.pop(rid, None)
+                self._deadlines.pop(rid, None)
+                self._in_doubt.discard(rid)
         finally:
             self._slots.release()
 
@@ -95,10 +120,17 @@ class SocketStoreClient(StoreClient):
         self._sweeper = None
         now = asyncio.get_running_loop().time()
         for rid, deadline in list(self._deadlines.items()):
-            if deadline <= now:
-                future = self._pending.get(rid)
-                if future is not None and not future.done():
-                    future.set_exception(self._timed_out())
+            if deadline > now:
+                continue
+            future = self._pending.get(rid)
+            if future is None or future.done():
+                continue
+            if rid not in self._in_doubt:
+                future.set_exception(self._timed_out())
+            elif deadline + IN_DOUBT_WAIT <= now:
+                future.set_exception(
+                    WriteInDoubt("the store announced the write, then did not confirm it")
+                )
         if self._deadlines:
             self._sweeper = asyncio.get_running_loop().call_later(SWEEP_INTERVAL, self._sweep)
 
@@ -113,41 +145,63 @@ class SocketStoreClient(StoreClient):
         if self._writer is not None and not self._writer.is_closing():
             self._writer.write(b"".join(out))
 
-    async def _connection(self) -> asyncio.StreamWriter:
+    async def _connection(self, deadline: float) -> asyncio.StreamWriter:
         if self._writer is not None and not self._writer.is_closing():
             return self._writer
-        async with self._connect_lock:
-            if self._writer is not None and not self._writer.is_closing():
-                return self._writer
-            if time.monotonic() < self._retry_at:
-                raise StoreUnavailable(f"store unreachable at {self.url}: {self._last_error}")
-            try:
-                kind, addr = self._address
-                if kind == "unix":
-                    assert isinstance(addr, str)
-                    reader, writer = await asyncio.open_unix_connection(addr)
-                else:
-                    assert isinstance(addr, tuple)
-                    async with asyncio.timeout(self.timeout):
-                        reader, writer = await asyncio.open_connection(addr[0], addr[1])
-                await _authenticate(reader, writer, self._key, self.timeout)
-            except (OSError, TimeoutError, HandshakeError) as exc:
-                self._backoff = min(max(self._backoff * 2, BACKOFF_MIN), BACKOFF_MAX)
-                self._retry_at = time.monotonic() + self._backoff
-                self._last_error = getattr(exc, "strerror", None) or str(exc)
-                raise StoreUnavailable(f"store unreachable at {self.url}: {exc}") from None
-            self._backoff = 0.0
-            self._writer = writer
-            self._reader_task = asyncio.create_task(self._read_loop(reader, writer))
-            logger.info("connected to store at %s", self.url)
-            return writer
+        loop = asyncio.get_running_loop()
+        attempt = self._attempt
+        if attempt is None or attempt.done():
+            self._attempt_at = max(loop.time(), self._retry_at)
+            if self._attempt_at <= deadline:
+                attempt = self._attempt = loop.create_task(self._connect(self._attempt_at))
+                # retrieved here so that an attempt nobody waited for logs nothing
+                attempt.add_done_callback(lambda t: t.cancelled() or t.exception())
+        if attempt is None or attempt.done() or self._attempt_at > deadline:
+            raise self._unreachable()
+        try:
+            async with asyncio.timeout_at(deadline):
+                return await asyncio.shield(attempt)
+        except TimeoutError:
+            raise self._unreachable() from None
+
+    def _unreachable(self) -> StoreUnavailable:
+        return StoreUnavailable(f"store unreachable at {self.url}: {self._last_error}")
+
+    async def _connect(self, at: float) -> asyncio.StreamWriter:
+        await asyncio.sleep(max(0.0, at - asyncio.get_running_loop().time()))
+        self.attempts += 1
+        try:
+            kind, addr = self._address
+            if kind == "unix":
+                assert isinstance(addr, str)
+                reader, writer = await asyncio.open_unix_connection(addr)
+            else:
+                assert isinstance(addr, tuple)
+                async with asyncio.timeout(self.timeout):
+                    reader, writer = await asyncio.open_connection(addr[0], addr[1])
+            await _authenticate(reader, writer, self._key, self.timeout)
+        except (OSError, TimeoutError, HandshakeError) as exc:
+            self._backoff = min(max(self._backoff * 2, BACKOFF_MIN), BACKOFF_MAX)
+            self._retry_at = asyncio.get_running_loop().time() + self._backoff
+            self._last_error = getattr(exc, "strerror", None) or str(exc)
+            raise self._unreachable() from None
+        self._backoff = 0.0
+        self._retry_at = 0.0
+        self._writer = writer
+        self._reader_task = asyncio.create_task(self._read_loop(reader, writer))
+        logger.info("connected to store at %s", self.url)
+        return writer
 
     async def _read_loop(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
             while True:
                 resp = spb.StoreResponse.FromString(await read_frame(reader))
                 future = self._pending.get(resp.id)
-                if future is not None and not future.done():
+                if future is None or future.done():
+                    continue
+                if resp.WhichOneof("result") == "committing":
+                    self._in_doubt.add(resp.id)
+                else:
                     future.set_result(resp)
         except asyncio.CancelledError:
             raise
@@ -160,8 +214,12 @@ class SocketStoreClient(StoreClient):
                 self._drop(StoreUnavailable("connection to the store was lost"))
 
     def _drop(self, exc: StoreUnavailable) -> None:
-        for future in self._pending.values():
-            if not future.done():
+        for rid, future in self._pending.items():
+            if future.done():
+                continue
+            if rid in self._in_doubt:
+                future.set_exception(WriteInDoubt("the store went away while committing the write"))
+            else:
                 future.set_exception(exc)
         self._pending.clear()
 

@@ -232,3 +232,41 @@ def test_gunicorn_master_death_stops_everything(
         wait_until(lambda: not any(alive(p) for p in tree), timeout=5)
     left = {p: " ".join(cmdline(p)) for p in tree if alive(p)}
     assert left == {}, "processes left behind after gunicorn died"
+
+
+def test_ctrl_c_stops_the_workers_before_the_store(
+    deployment: Deployment, redis_server: RedisServer
+) -> None:
+    """Ctrl-C in a terminal sends SIGINT to the whole foreground process group. The store
+    runs in a group of its own, so only the supervisor acts on it: gunicorn (and its workers)
+    stop first, then the store, which so never shuts down under workers still sending it
+    writes; the supervisor exits 0."""
+    api = deployment.serve(workers=2, REDIS_URL=redis_server.url)
+    [store] = [p for p in children(api.pid) if is_store(p)]
+    assert os.getpgid(store) != os.getpgid(api.pid)
+
+    os.killpg(api.pid, signal.SIGINT)  # the terminal's Ctrl-C (e2e processes lead a group)
+    assert api.wait(timeout=GRACEFUL_TIMEOUT + 10) == 0, api.log_tail()
+    logs = api.logs()
+    assert logs.index("Shutting down: Master") < logs.index("store stopped"), api.log_tail()
+    assert not alive(store)
+    assert bad_log_lines(logs) == []
+
+
+def test_a_store_whose_supervisor_is_killed_stops_by_itself(
+    deployment: Deployment, redis_server: RedisServer
+) -> None:
+    """With a process group of its own the store is out of reach of a kill aimed at the
+    supervisor's group; if the supervisor dies outright, the store notices it was orphaned
+    and shuts down cleanly instead of holding the database forever."""
+    api = deployment.serve(workers=2, REDIS_URL=redis_server.url)
+    [store] = [p for p in children(api.pid) if is_store(p)]
+    [master] = [p for p in children(api.pid) if is_gunicorn(p)]
+    os.kill(api.pid, signal.SIGKILL)
+    try:
+        wait_until(lambda: not alive(store), timeout=30)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(master, signal.SIGKILL)  # gunicorn leads its own group too
+    assert "the supervisor is gone" in api.logs()
+    assert "store stopped" in api.logs()

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
 
 import pytest
 
@@ -13,7 +14,7 @@ from service.pb import duckcast_pb2 as pb
 from service.pb import store_pb2 as spb
 from service.store.engine import StoreEngine
 from service.storeclient.inprocess import InProcessStoreClient
-from tests.store.conftest import WriterGate, creates, settle, wait_until
+from tests.store.conftest import OpenEngine, WriterGate, creates, settle, wait_until
 
 
 async def test_one_batch_mixes_successes_and_per_op_errors(
@@ -79,16 +80,18 @@ async def test_a_create_of_many_items_is_all_or_nothing(store: InProcessStoreCli
 async def test_a_write_whose_deadline_passed_in_the_queue_is_not_applied(
     engine: StoreEngine, store: InProcessStoreClient, gate: WriterGate
 ) -> None:
-    """A write that waited in the queue past its request's timeout_ms is answered TIMEOUT and is
-    not applied: no item, no event, no id consumed."""
+    """A write that waited in the queue past its absolute deadline (set by the worker, not
+    measured from when the store read it) is answered TIMEOUT and is not applied: no item, no
+    event, no id consumed."""
+    deadline = time.time() + 0.03
     req = spb.StoreRequest(
-        timeout_ms=30, create_items=spb.CreateItems(actor_id=1, items=creates("late"))
+        deadline_us=int(deadline * 1_000_000),
+        create_items=spb.CreateItems(actor_id=1, items=creates("late")),
     )
     async with gate.held():
         late = asyncio.create_task(engine.handle(req))
         await settle()
-        expired = time.monotonic() + 0.03
-        await wait_until(lambda: time.monotonic() > expired)
+        await wait_until(lambda: time.time() > deadline)
     resp = await late
 
     assert resp.WhichOneof("result") == "error"
@@ -96,6 +99,60 @@ async def test_a_write_whose_deadline_passed_in_the_queue_is_not_applied(
     assert await store.ping() == 0
     assert (await store.stats()).total == 0
     assert [i.id for i in (await store.create_items(1, creates("next"))).items] == [1]
+
+
+def _create(title: str, deadline: float) -> spb.StoreRequest:
+    return spb.StoreRequest(
+        deadline_us=int(deadline * 1_000_000),
+        create_items=spb.CreateItems(actor_id=1, items=creates(title)),
+    )
+
+
+async def test_a_deadline_that_passes_during_the_batch_is_checked_again_before_commit(
+    open_engine: OpenEngine,
+) -> None:
+    """The deadline is checked right before COMMIT too, not only when the batch starts: a
+    write whose deadline passes while its batch is being applied (here: while its Committing
+    notice goes out, as if the process had been paused) is rolled back and answered TIMEOUT,
+    while a write in the same batch with time left commits."""
+    now = [1000.0]
+    engine = open_engine(clock=lambda: now[0])
+    gate = WriterGate(engine)
+    store = InProcessStoreClient(engine)
+    announced: list[str] = []
+
+    def notice(title: str, advance_to: float | None = None) -> Callable[[], bool]:
+        def committing() -> bool:
+            announced.append(title)
+            if advance_to is not None:
+                now[0] = advance_to
+            return True
+
+        return committing
+
+    async with gate.held():  # both in one batch
+        late = asyncio.create_task(engine.handle(_create("late", 1000.5), notice("late", 1001)))
+        roomy = asyncio.create_task(engine.handle(_create("roomy", 1060), notice("roomy")))
+        await settle()
+    resp_roomy = await roomy
+    resp_late = await late
+
+    assert announced == ["late", "roomy"]  # announced together, before the one COMMIT
+    assert resp_late.error.code == spb.StoreError.TIMEOUT
+    assert [i.title for i in resp_roomy.items.items] == ["roomy"], resp_roomy
+    page = await store.list_items(spb.ListItems(page=1, limit=10))
+    assert [i.title for i in page.items] == ["roomy"]
+
+
+async def test_a_write_whose_notice_cannot_be_sent_is_not_applied(
+    engine: StoreEngine, store: InProcessStoreClient
+) -> None:
+    """If the Committing notice cannot reach the worker (its connection is closing), the
+    worker could later believe the write was never applied: so it is not."""
+    resp = await engine.handle(_create("unannounced", time.time() + 60), lambda: False)
+    assert resp.error.code == spb.StoreError.TIMEOUT
+    assert (await store.stats()).total == 0
+    assert await store.ping() == 0
 
 
 async def test_a_failing_batch_observer_does_not_stop_the_writer(

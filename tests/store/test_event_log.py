@@ -183,3 +183,19 @@ async def test_ids_seq_and_stats_survive_a_restart(open_engine: OpenEngine) -> N
     assert (await store.create_user("bob", "h")).id == alice.id + 1
     event = (await store.events_since(seq)).events
     assert [(e.seq, e.type, e.item.id) for e in event] == [(seq + 1, pb.CREATED, again[0].id)]
+
+
+async def test_a_seq_a_page_already_showed_is_not_reset_before_the_writer_counted_it(
+    open_engine: OpenEngine,
+) -> None:
+    """A list page can show a commit's seq in the moment between COMMIT and the writer's
+    bookkeeping for it; a client that subscribes from that seq must not get `reset` (as for
+    a seq the store never issued). Simulated by a row in the log the writer has not counted."""
+    engine = open_engine()
+    store = InProcessStoreClient(engine)
+    await store.create_items(1, creates("a"))
+    event = pb.DomainEvent(type=pb.CREATED, seq=2)
+    engine._con.cursor().execute("INSERT INTO events VALUES (2, ?)", [event.SerializeToString()])  # type: ignore[union-attr]
+    batch = await store.events_since(2, 10)
+    assert (batch.reset, batch.last_seq, list(batch.events)) == (False, 2, [])
+    assert (await store.events_since(3, 10)).reset  # never issued: reset

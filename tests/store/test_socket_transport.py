@@ -13,7 +13,15 @@ from pathlib import Path
 
 import pytest
 
-from service.errors import Conflict, Forbidden, Invalid, NotFound, StoreTimeout, StoreUnavailable
+from service.errors import (
+    Conflict,
+    Forbidden,
+    Invalid,
+    NotFound,
+    StoreTimeout,
+    StoreUnavailable,
+    WriteInDoubt,
+)
 from service.pb import duckcast_pb2 as pb
 from service.pb import store_pb2 as spb
 from service.store.engine import StoreEngine
@@ -21,9 +29,9 @@ from service.store.server import StoreServer
 from service.storeclient.handshake import client_handshake, store_handshake
 from service.storeclient.inprocess import InProcessStoreClient
 from service.storeclient.protocol import MAX_FRAME, encode_frame
-from service.storeclient.socket import BACKOFF_MIN, SocketStoreClient
+from service.storeclient.socket import SocketStoreClient
 from tests.seed import SEEDED_USERS
-from tests.store.conftest import STORE_KEY, Served, WriterGate, creates, wait_until
+from tests.store.conftest import STORE_KEY, Served, WriterGate, creates, settle, wait_until
 
 
 async def test_every_typed_call_round_trips(served: Served) -> None:
@@ -122,69 +130,125 @@ async def test_many_concurrent_calls_share_one_connection(served: Served) -> Non
     assert len(served.server._connections) == 1
 
 
-async def test_a_store_that_is_not_there_fails_fast_and_backs_off(sock_dir: Path) -> None:
-    """Nothing listening: the call raises StoreUnavailable at once (not after the timeout); a
-    second call within the backoff raises again without even trying to connect."""
-    path = sock_dir / "absent.sock"
+async def test_a_store_that_is_not_there_fails_fast_and_is_not_hammered(
+    engine: StoreEngine, sock_dir: Path
+) -> None:
+    """Nothing listening: the call raises StoreUnavailable at once (not after the timeout).
+    Calls during the backoff wait for the next connection attempt instead of failing at once,
+    and all of them share it: 20 callers cost one attempt. Once a store listens, a waiting
+    call connects on that next attempt, without the caller retrying."""
+    path = sock_dir / "store.sock"
     client = SocketStoreClient(f"unix:{path}", key=STORE_KEY)
-    client.timeout = 2.0
+    client.timeout = 5.0
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(str(path))  # the path exists, but nothing listens: connection refused
+    server = StoreServer(engine, f"unix:{path}", key=STORE_KEY)
     try:
-        listener.bind(str(path))  # the path exists, but nothing listens: connection refused
-        listener.setblocking(False)
         started = time.monotonic()
-        with pytest.raises(StoreUnavailable) as first:
+        with pytest.raises(StoreUnavailable, match="unreachable") as first:
             await client.ping()
-        failed_at = time.monotonic()
         assert type(first.value) is StoreUnavailable
-        assert failed_at - started < 0.5
+        assert time.monotonic() - started < 0.5
+        assert client.attempts == 1
 
-        listener.listen(8)  # from now on a connect attempt would succeed at once
-        with pytest.raises(StoreUnavailable) as second:
-            await client.ping()
-        assert type(second.value) is StoreUnavailable, "it connected despite the backoff"
-        assert time.monotonic() - failed_at < BACKOFF_MIN, "too slow to test the backoff window"
-        with pytest.raises(BlockingIOError):
-            listener.accept()  # no connection was attempted
+        results = await asyncio.gather(*(client.ping() for _ in range(20)), return_exceptions=True)
+        assert all(type(r) is StoreUnavailable for r in results), results
+        assert client.attempts == 2, "each caller made its own connection attempt"
+
+        listener.close()
+        await server.start()  # replaces the dead socket file
+        assert await client.ping() == 0  # waited for the next attempt, which connected
+        assert client.attempts == 3
     finally:
         listener.close()
         await client.close()
+        await server.close()
 
 
-async def test_the_client_heals_after_the_store_restarts(served: Served, gate: WriterGate) -> None:
-    """Server gone mid-session: the call in flight fails with StoreUnavailable (its write was
-    already handed to the writer and still commits), calls while it is down fail the same way,
-    and once a server listens on the same path again the client reconnects by itself."""
+async def test_a_store_that_shuts_down_answers_what_it_took_then_the_client_heals(
+    served: Served, gate: WriterGate
+) -> None:
+    """Store shutdown drains: a write in flight when it begins is committed AND answered (a
+    503 for it would make a retrying client write it twice); a request that arrives during the
+    drain is refused with StoreUnavailable and not applied. Once a server listens on the same
+    path again, the next call reconnects by itself."""
     client, engine = served.client, served.engine
     assert await client.ping() == 0
 
     gate.arm()  # the next write parks the writer after COMMIT, before it is answered
     in_flight = asyncio.create_task(client.create_user("in-flight", "h"))
     await gate.parked()
-    await served.server.close()
-    with pytest.raises(StoreUnavailable):
-        await in_flight
+    closing = asyncio.create_task(served.server.close())
+    await settle()
+    with pytest.raises(StoreUnavailable, match="shutting down"):
+        await client.create_user("during-drain", "h")
+    assert not closing.done(), "the store stopped before answering the write it took"
     gate.release()
+    assert (await in_flight).username == "in-flight"
+    await closing
     with pytest.raises(StoreUnavailable):
         await client.ping()
 
     restarted = StoreServer(engine, served.url, key=STORE_KEY)
     await restarted.start()
     try:
-        deadline = time.monotonic() + 5
-        while True:
-            try:
-                assert await client.ping() == 0
-                break
-            except StoreUnavailable:
-                if time.monotonic() > deadline:
-                    raise
-                await asyncio.sleep(0.02)  # polling past the client's backoff
+        assert await client.ping() == 0  # waits for the next attempt, within its deadline
         assert (await client.get_user_by_name("in-flight")).user.id == SEEDED_USERS + 1
+        with pytest.raises(NotFound):
+            await client.get_user_by_name("during-drain")
         assert (await client.create_items(1, creates("after"))).items[0].id == 1
     finally:
         await client.close()
         await restarted.close()
+
+
+async def test_a_write_that_times_out_before_the_store_commits_it_is_never_applied(
+    served: Served, gate: WriterGate
+) -> None:
+    """The writer is busy past the caller's deadline: the call gives up (StoreTimeout, so the
+    API answers 503), and when the writer gets to the write it does not apply it, although
+    the store only then reads it from its queue (the deadline travelled with the request)."""
+    client = served.client
+    client.timeout = 0.3
+    async with gate.held():
+        with pytest.raises(StoreTimeout):
+            await client.create_items(1, creates("too late"))
+    client.timeout = 5.0
+    assert (await client.stats()).total == 0
+    assert await client.ping() == 0
+    assert (await client.create_items(1, creates("next"))).items[0].id == 1
+
+
+async def test_a_write_the_store_announced_is_waited_for_past_the_deadline(
+    served: Served, gate: WriterGate
+) -> None:
+    """Once the store has said it is committing a write, giving up at the deadline would
+    answer 503 for a write that is applied: the call waits for the answer instead."""
+    client = served.client
+    client.timeout = 0.3
+    gate.arm()  # parks the writer after COMMIT: the notice is out, the answer is not
+    call = asyncio.create_task(client.create_items(1, creates("slow commit")))
+    await gate.parked()
+    past = time.monotonic() + 0.5
+    await wait_until(lambda: time.monotonic() > past)
+    assert not call.done(), call
+    gate.release()
+    assert [i.title for i in (await call).items] == ["slow commit"]
+
+
+async def test_a_store_that_dies_after_announcing_a_write_leaves_it_in_doubt(
+    served: Served, gate: WriterGate
+) -> None:
+    """The store goes away between its Committing notice and its answer: the write may be
+    applied, so the call ends in WriteInDoubt (504), never in StoreUnavailable (503)."""
+    client = served.client
+    gate.arm()
+    call = asyncio.create_task(client.create_items(1, creates("in doubt")))
+    await gate.parked()
+    await served.server.close(drain_timeout=0)  # no drain: the answer is lost
+    with pytest.raises(WriteInDoubt):
+        await call
+    gate.release()
 
 
 @contextlib.asynccontextmanager

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import hashlib
+import re
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, Path, Query
@@ -8,7 +10,9 @@ from starlette.responses import Response
 
 from service.api.deps import CurrentUser, StoreDep
 from service.api.negotiation import documented, parse_body, render
+from service.api.params import AsciiInt
 from service.api.schemas import (
+    BULK_MAX,
     BulkCreate,
     ItemCreate,
     ItemListOut,
@@ -19,13 +23,73 @@ from service.api.schemas import (
     item_create_pb,
     item_update_pb,
 )
+from service.errors import Invalid
 from service.pb import duckcast_pb2 as pb
 from service.pb import store_pb2 as spb
-from service.wire import INT64_MAX, item_json, item_list_json, page_json, stats_json
+from service.storeclient import StoreClient
+from service.wire import INT64_MAX, ascii_int, item_json, item_list_json, page_json, stats_json
 
 router = APIRouter(prefix="/api", tags=["items"])
 
-ItemId = Annotated[int, Path(ge=1, le=INT64_MAX)]
+ItemId = Annotated[AsciiInt, Path(ge=1, le=INT64_MAX)]
+
+IDEMPOTENCY_KEY = re.compile(r"[\x20-\x7e]{1,200}")
+ENTITY_TAG = re.compile(r'(W/)?"([^"]*)"')
+NO_VERSION = 0  # versions start at 1: a tag that can never match stands for this
+
+
+def etag(item: pb.Item) -> dict[str, str]:
+    return {"ETag": f'"{item.version}"'}
+
+
+def if_match(request: Request) -> list[int]:
+    """The versions `If-Match` accepts; [] without the header or for `*` (any current item).
+    Tags compare strongly, as RFC 9110 wants for If-Match: a weak or foreign tag matches no
+    version."""
+    header = request.headers.get("if-match")
+    if header is None or header.strip() == "*":
+        return []
+    versions = []
+    for part in header.split(","):
+        tag = ENTITY_TAG.fullmatch(part.strip())
+        if tag is None:
+            raise Invalid('If-Match: must be * or entity tags such as "3"')
+        version = ascii_int(tag[2])
+        strong = tag[1] is None and version is not None and str(version) == tag[2]
+        versions.append(version if strong and version is not None else NO_VERSION)
+    return versions
+
+
+def idempotency_key(request: Request) -> str:
+    key = request.headers.get("idempotency-key")
+    if key is None:
+        return ""
+    if IDEMPOTENCY_KEY.fullmatch(key) is None:
+        raise Invalid("Idempotency-Key: must be 1-200 printable ASCII characters")
+    return key
+
+
+async def create(
+    request: Request, user: int, store: StoreClient, items: list[pb.ItemCreate], key: str
+) -> pb.ItemList:
+    """Create the items; with an Idempotency-Key, once per (user, key) within 24 h."""
+    if not key:
+        return await store.create_items(user, items)
+    # The same body in JSON or protobuf is the same request; another route is not.
+    request_hash = hashlib.sha256(
+        request.scope["path"].encode("utf-8", "surrogateescape")
+        + b"\n"
+        + pb.BulkCreateRequest(items=items).SerializeToString(deterministic=True)
+    ).digest()
+    return await store.create_items(user, items, key, request_hash)
+
+
+async def create_one(request: Request, user: int, store: StoreClient) -> Response:
+    """POST /api/items (the fast path answers through here too)."""
+    key = idempotency_key(request)
+    body = await parse_body(request, ItemCreate, pb.ItemCreate)
+    (item,) = (await create(request, user, store, [item_create_pb(body)], key)).items
+    return render(request, item, item_json, 201, etag(item))
 
 
 @router.get("/items", **documented(response_model=ItemPageOut))
@@ -33,9 +97,9 @@ async def list_items(
     request: Request,
     _: CurrentUser,
     store: StoreDep,
-    page: Annotated[int, Query(ge=1, le=1_000_000)] = 1,
-    limit: Annotated[int, Query(ge=1, le=100)] = 20,
-    owner_id: Annotated[int | None, Query(ge=1, le=INT64_MAX)] = None,
+    page: Annotated[AsciiInt, Query(ge=1, le=1_000_000)] = 1,
+    limit: Annotated[AsciiInt, Query(ge=1, le=100)] = 20,
+    owner_id: Annotated[AsciiInt | None, Query(ge=1, le=INT64_MAX)] = None,
     status: Literal["active", "completed"] | None = None,
     q: Annotated[str | None, Query(max_length=200)] = None,
 ) -> Response:
@@ -49,47 +113,76 @@ async def list_items(
     return render(request, await store.list_items(query), page_json)
 
 
-@router.post("/items", **documented(ItemCreate, ItemOut, 201))
+SAFE_RETRY = {
+    "Idempotency-Key": "1-200 printable ASCII characters. The same key from the same user within"
+    " 24 h answers the first answer again (status and body) without a second write; the same"
+    " key with a different body answers 422."
+}
+ETAG = {"ETag": 'The item\'s version, quoted: "3". Send it back in If-Match.'}
+IF_MATCH = {"If-Match": 'Change the item only if it is at this version ("3", its ETag).'}
+PRECONDITION = {412: "If-Match named a version the item is not at"}
+
+
+@router.post(
+    "/items",
+    **documented(ItemCreate, ItemOut, 201, request_headers=SAFE_RETRY, response_headers=ETAG),
+)
 async def create_item(request: Request, user: CurrentUser, store: StoreDep) -> Response:
-    body = await parse_body(request, ItemCreate, pb.ItemCreate)
-    created = await store.create_items(user, [item_create_pb(body)])
-    return render(request, created.items[0], item_json, 201)
+    return await create_one(request, user, store)
 
 
-@router.post("/items/bulk", **documented(BulkCreate, ItemListOut, 201))
+@router.post("/items/bulk", **documented(BulkCreate, ItemListOut, 201, request_headers=SAFE_RETRY))
 async def bulk_create(request: Request, user: CurrentUser, store: StoreDep) -> Response:
-    body = await parse_body(request, BulkCreate, pb.BulkCreateRequest)
-    created = await store.create_items(user, [item_create_pb(c) for c in body.items])
+    key = idempotency_key(request)
+    body = await parse_body(request, BulkCreate, pb.BulkCreateRequest, max_items=BULK_MAX)
+    created = await create(request, user, store, [item_create_pb(c) for c in body.items], key)
     return render(request, created, item_list_json, 201)
 
 
-@router.get("/items/{item_id}", **documented(response_model=ItemOut))
+@router.get("/items/{item_id}", **documented(response_model=ItemOut, response_headers=ETAG))
 async def get_item(request: Request, item_id: ItemId, _: CurrentUser, store: StoreDep) -> Response:
-    return render(request, await store.get_item(item_id), item_json)
+    item = await store.get_item(item_id)
+    return render(request, item, item_json, headers=etag(item))
 
 
 async def _update(request: Request, item_id: int, user: int, store: StoreDep) -> Response:
+    versions = if_match(request)
     body = await parse_body(request, ItemUpdate, pb.ItemUpdate)
-    return render(request, await store.update_item(user, item_id, item_update_pb(body)), item_json)
+    item = await store.update_item(user, item_id, item_update_pb(body), versions)
+    return render(request, item, item_json, headers=etag(item))
 
 
-@router.put("/items/{item_id}", **documented(ItemUpdate, ItemOut))
+@router.put(
+    "/items/{item_id}",
+    **documented(
+        ItemUpdate, ItemOut, request_headers=IF_MATCH, response_headers=ETAG, errors=PRECONDITION
+    ),
+)
 async def put_item(
     request: Request, item_id: ItemId, user: CurrentUser, store: StoreDep
 ) -> Response:
     return await _update(request, item_id, user, store)
 
 
-@router.patch("/items/{item_id}", **documented(ItemUpdate, ItemOut))
+@router.patch(
+    "/items/{item_id}",
+    **documented(
+        ItemUpdate, ItemOut, request_headers=IF_MATCH, response_headers=ETAG, errors=PRECONDITION
+    ),
+)
 async def patch_item(
     request: Request, item_id: ItemId, user: CurrentUser, store: StoreDep
 ) -> Response:
     return await _update(request, item_id, user, store)
 
 
-@router.delete("/items/{item_id}", status_code=204)
-async def delete_item(item_id: ItemId, user: CurrentUser, store: StoreDep) -> Response:
-    await store.delete_item(user, item_id)
+@router.delete(
+    "/items/{item_id}", **documented(status=204, request_headers=IF_MATCH, errors=PRECONDITION)
+)
+async def delete_item(
+    request: Request, item_id: ItemId, user: CurrentUser, store: StoreDep
+) -> Response:
+    await store.delete_item(user, item_id, if_match(request))
     return Response(status_code=204)
 
 

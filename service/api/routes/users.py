@@ -1,7 +1,5 @@
 from __future__ import annotations
 
-import asyncio
-
 from fastapi import APIRouter
 from starlette.requests import Request
 from starlette.responses import Response
@@ -9,8 +7,10 @@ from starlette.responses import Response
 from service.api.auth import hash_password, verify_password
 from service.api.deps import CurrentUser, SettingsDep, SignerDep, StoreDep, presented_tokens
 from service.api.errors import error_response
+from service.api.hashing import PasswordHashing
 from service.api.negotiation import documented, parse_body, render
 from service.api.schemas import Credentials, LoginIn, LoginOut, UserOut
+from service.api.throttle import LoginThrottle
 from service.errors import DuckcastError, NotFound, Unauthorized
 from service.pb import duckcast_pb2 as pb
 from service.wire import login_json, set_us, user_json
@@ -21,25 +21,39 @@ router = APIRouter(prefix="/api", tags=["users"])
 @router.post("/register", **documented(Credentials, UserOut, 201))
 async def register(request: Request, store: StoreDep) -> Response:
     creds = await parse_body(request, Credentials, pb.RegisterRequest)
-    # argon2 is deliberately slow: keep it off the event loop.
-    password_hash = await asyncio.to_thread(hash_password, creds.password)
+    hashing: PasswordHashing = request.app.state.hashing
+    password_hash = await hashing.run(hash_password, creds.password)
     user = await store.create_user(creds.username, password_hash)
     return render(request, user, user_json, 201)
 
 
-@router.post("/login", **documented(LoginIn, LoginOut))
+@router.post(
+    "/login",
+    **documented(
+        LoginIn,
+        LoginOut,
+        errors={429: "Too many failed logins for this name or client: see Retry-After"},
+    ),
+)
 async def login(
     request: Request, store: StoreDep, signer: SignerDep, settings: SettingsDep
 ) -> Response:
     creds = await parse_body(request, LoginIn, pb.LoginRequest)
+    state = request.app.state
+    throttle: LoginThrottle = state.login_throttle
+    hashing: PasswordHashing = state.hashing
+    address = request.client.host if request.client else ""
+    await throttle.check(creds.username, address)
     try:
         record = await store.get_user_by_name(creds.username)
         user, password_hash = record.user, record.password_hash
     except NotFound:
         user, password_hash = None, None
-    ok = await asyncio.to_thread(verify_password, creds.password, password_hash)
+    ok = await hashing.run(verify_password, creds.password, password_hash)
     if not ok or user is None:
+        await throttle.failed(creds.username, address)
         raise Unauthorized("invalid username or password")
+    await throttle.succeeded(creds.username, address)
     token = signer.issue(user.id)
     body = pb.LoginResponse(token=token.value, token_type="bearer", user=user)
     set_us(body.expires_at, token.expires_at * 1_000_000)
