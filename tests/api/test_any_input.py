@@ -146,15 +146,29 @@ def negotiated(headers: list[tuple[bytes, bytes]]) -> str:
     return JSON
 
 
+def asgi_scope(
+    kind: str, path: str, query: bytes, headers: list[tuple[bytes, bytes]], **extra: Any
+) -> dict[str, Any]:
+    """What an ASGI server would pass for this request, the path decoded as servers do."""
+    return {
+        "type": kind,
+        "asgi": {"version": "3.0", "spec_version": "2.3"},
+        "http_version": "1.1",
+        "scheme": "http" if kind == "http" else "ws",
+        "path": path,
+        "raw_path": urllib.parse.quote(path).encode(),
+        "query_string": query,
+        "root_path": "",
+        "headers": headers,
+        "server": ("test", 80),
+        "client": ("127.0.0.1", 5000),
+        **extra,
+    }
+
+
 async def call_http(app: FastAPI, req: Request) -> tuple[int, dict[bytes, bytes], bytes]:
     """One HTTP request through ASGI; a stream is read until its first body chunk."""
-    scope = {
-        "type": "http", "asgi": {"version": "3.0", "spec_version": "2.3"}, "http_version": "1.1",
-        "method": req.method, "scheme": "http", "path": req.path,
-        "raw_path": urllib.parse.quote(req.path).encode(), "query_string": req.query,
-        "root_path": "", "headers": req.headers, "server": ("test", 80),
-        "client": ("127.0.0.1", 5000),
-    }  # fmt: skip
+    scope = asgi_scope("http", req.path, req.query, req.headers, method=req.method)
     status, headers, body = 0, {}, bytearray()
     started = asyncio.Event()
     sent_body = False
@@ -261,12 +275,7 @@ def test_no_input_gets_a_5xx_a_traceback_or_an_error_in_another_format(
 async def call_ws(app: FastAPI, path: str, query: bytes, headers: list[tuple[bytes, bytes]]) -> int:
     """A WebSocket session through ASGI: the close code the server sends (0: it accepted and
     kept the socket open until the client left)."""
-    scope = {
-        "type": "websocket", "asgi": {"version": "3.0", "spec_version": "2.3"},
-        "http_version": "1.1", "scheme": "ws", "path": path, "raw_path": path.encode(),
-        "query_string": query, "root_path": "", "headers": headers, "server": ("test", 80),
-        "client": ("127.0.0.1", 5000), "subprotocols": [],
-    }  # fmt: skip
+    scope = asgi_scope("websocket", path, query, headers, subprotocols=[])
     code = 0
     accepted = asyncio.Event()
     connected = False
