@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import logging
 import os
 import signal
 import sys
@@ -18,6 +17,7 @@ from service import redaction
 from service.client.cli import add_commands as add_client_commands
 from service.config import Settings
 from service.keys import Keys, SecretError, load_keys
+from service.logging import configure as configure_logging
 
 
 def _keys(settings: Settings) -> Keys:
@@ -35,9 +35,11 @@ def _settings(args: argparse.Namespace) -> Settings:
         if getattr(args, name, None) is not None
     }
     try:
-        return Settings(**overrides)
+        settings = Settings(**overrides)
     except ValidationError as exc:
         sys.exit(f"duckcast: invalid settings:\n{exc}")
+    configure_logging(settings.log_format, settings.log_level)
+    return settings
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -58,7 +60,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
             create_app(settings, keys=keys),
             host=settings.host,
             port=settings.port,
-            log_level="info",
+            log_config=None,  # configured above, like every other process (service.logging)
             timeout_graceful_shutdown=10,
             **uvicorn_options(settings),
         )
@@ -110,9 +112,8 @@ def main(argv: list[str] | None = None) -> int:
     # only; nothing here is meant for other local users.
     os.umask(0o077)
     redaction.install()
-    logging.basicConfig(
-        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    # every process logs through one setup; `serve` and `store` apply their settings to it
+    configure_logging()
     args = build_parser().parse_args(argv)
     result: int = args.func(args)
     return result

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import AliasChoices, Field, SecretStr
+from pydantic import AliasChoices, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 MiB = 1024 * 1024
@@ -79,6 +79,16 @@ class Settings(BaseSettings):
     # Subscribers are woken at most once per this interval, with everything committed since:
     # fewer, larger writes per connection for a few ms of latency. 0 wakes them at once.
     stream_flush_ms: float = Field(default=10.0, ge=0, le=1000)
+
+    # service/logging.py: JSON lines, or text on a terminal (auto); one line per request.
+    log_format: Literal["auto", "json", "text"] = "auto"
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    access_log: bool = True
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _upper_level(cls, value: object) -> object:
+        return value.upper() if isinstance(value, str) else value
 
     @property
     def database_path(self) -> Path:

@@ -26,17 +26,8 @@ from types import FrameType
 
 from service.config import Settings
 from service.keys import Keys
-from service.paths import repo_dir
 
 logger = logging.getLogger("duckcast.supervisor")
-
-
-def find_deploy_file(name: str) -> Path:
-    try:
-        return repo_dir("deploy") / name
-    except FileNotFoundError:
-        msg = f"duckcast: deploy/{name} not found (run from the repository root)"
-        raise SystemExit(msg) from None
 
 
 def settings_env(settings: Settings) -> dict[str, str]:
@@ -106,7 +97,7 @@ class Supervisor:
         self.store_url = settings.store_url or f"unix:{sock}"
         self.env = settings_env(settings.model_copy(update={"store_url": self.store_url}))
         self.env.update(secret_env(settings, keys))
-        self.env["DUCKCAST_SUPERVISED"] = "1"  # deploy/gunicorn.conf.py: metrics dir is ready
+        self.env["DUCKCAST_SUPERVISED"] = "1"  # service/gunicorn_conf.py: metrics dir is ready
         self.store: subprocess.Popen[bytes] | None = None
         self.stopping = False
 
@@ -123,7 +114,8 @@ class Supervisor:
             "-m",
             "gunicorn",
             "-c",
-            str(find_deploy_file("gunicorn.conf.py")),
+            # the settings module inside the package: no checkout or working directory needed
+            "python:service.gunicorn_conf",
             "--bind",
             f"{s.host}:{s.port}",
             "--workers",
@@ -165,6 +157,13 @@ class Supervisor:
         else:
             wait_for_store(self.store_url, None, timeout=60)
         gunicorn = self._start_gunicorn()
+        logger.info(
+            "serving on %s:%d with %d workers, store at %s",
+            s.host,
+            s.port,
+            s.workers,
+            self.store_url,
+        )
         restarts = 0
         while not self.stopping and gunicorn.poll() is None:
             time.sleep(0.1)
@@ -196,4 +195,5 @@ class Supervisor:
                 self.store.wait(60)
             except subprocess.TimeoutExpired:
                 self.store.kill()
+        logger.info("stopped")
         return 1 if crashed else gunicorn.returncode or 0

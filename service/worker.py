@@ -1,5 +1,5 @@
 """The uvicorn settings Duckcast serves with, in one place: the gunicorn worker class
-(`deploy/gunicorn.conf.py`) and embedded `duckcast serve` both use them.
+(`service/gunicorn_conf.py`) and embedded `duckcast serve` both use them.
 
 `BoundedHttpProtocol` puts limits on the request head, which uvicorn's httptools protocol does
 not have: it keeps appending header bytes until the client stops (60 connections each sending
@@ -23,6 +23,9 @@ UVICORN_OPTIONS: dict[str, Any] = {
     "ws_per_message_deflate": False,
     # Clients send nothing on /ws/items: no reason to accept 16 MiB messages.
     "ws_max_size": 64 * 1024,
+    # The app writes its own access log (service/api/observe.py): uvicorn's has the raw path,
+    # query string included, which may carry a token.
+    "access_log": False,
 }
 
 

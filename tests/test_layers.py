@@ -24,7 +24,7 @@ CORE = {
     "service.keys",
     "service.logthrottle",
     "service.metrics",
-    "service.paths",
+    "service.logging",
     "service.pb",
     "service.redaction",
     "service.wire",
@@ -34,6 +34,7 @@ ALLOWED: dict[str, set[str]] = {
     "service.cli": {"*"},
     "service.supervisor": set(),
     "service.worker": set(),
+    "service.gunicorn_conf": set(),
     "service.api": {"service.realtime", "service.storeclient", "service.backplane"},
     "service.realtime": {"service.storeclient", "service.backplane"},
     "service.store": {

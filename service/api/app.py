@@ -10,19 +10,22 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
+from fastapi.routing import APIRoute
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from service import redaction
 from service.api import errors, fastpath
 from service.api.auth import RevokedTokens, TokenSigner
 from service.api.hashing import PasswordHashing
-from service.api.middleware import BodyLimit, Metrics, SecurityHeaders
+from service.api.middleware import BodyLimit, SecurityHeaders
+from service.api.observe import RequestObserver
 from service.api.revocation import RevocationSync
 from service.api.routes import docs, events, items, ops, uploads, users
 from service.api.throttle import LoginLimits, LoginThrottle, MemoryCounts, RedisCounts
 from service.backplane import Backplane, backplane_from_url
 from service.config import Settings
 from service.keys import Keys, load_keys
+from service.metrics import preinitialise_routes
 from service.realtime.hub import Hub
 from service.realtime.relay import EventRelay
 from service.storeclient import StoreClient, connect_store
@@ -102,15 +105,21 @@ def create_app(
     app.state.revocations = revocations
     app.state.login_throttle = throttle
     app.state.hashing = hashing
+    # /readyz: a failed readiness check means this worker cannot serve (503); a degradation
+    # is reported in the body only (events still reach subscribers from the store's log).
     readiness: dict[str, Callable[[], str | None]] = {
-        "backplane": lambda: None if backplane.live else "subscription is not live",
         "events": lambda: None if relay.started.is_set() else "event relay not started",
         # Until then a token revoked elsewhere would still be accepted here.
         "sessions": lambda: None if revocations.synced.is_set() else "revocations not loaded",
     }
+    degradations: dict[str, Callable[[], str | None]] = {
+        "backplane": lambda: None if backplane.live else "subscription is not live",
+    }
     app.state.readiness = readiness
+    app.state.degradations = degradations
     errors.install(app)
-    for router in (users.router, items.router, events.router, uploads.router, ops.router):
+    routers = (users.router, items.router, events.router, uploads.router, ops.router)
+    for router in routers:
         app.include_router(router)
     # The browser app's files and the API docs' page and files (served here: no CDN).
     app.include_router(docs.router)
@@ -120,7 +129,14 @@ def create_app(
         default=settings.max_body_bytes,
         per_path={"/api/upload": settings.upload_max_bytes + MULTIPART_OVERHEAD},
     )
-    app.add_middleware(Metrics)
+    app.observer = RequestObserver(app.secured, access_log=settings.access_log)
+    preinitialise_routes(
+        (method, route.path)
+        for router in routers
+        for route in router.routes
+        if isinstance(route, APIRoute)
+        for method in route.methods or ()
+    )
     return app
 
 
@@ -128,11 +144,20 @@ class DuckcastApp(FastAPI):
     """FastAPI, but the two event streams go straight to their ASGI handlers (a long-lived
     stream should hold as little as possible; service.api.routes.events), and the well-formed
     cases of the three hottest item requests skip FastAPI's machinery (service.api.fastpath).
-    SecurityHeaders wraps all of it: no answer leaves without them."""
+    SecurityHeaders wraps all of it: no answer leaves without them. Around that, every HTTP
+    request but the streams goes through the request observer (request id, metrics, access
+    log), so even the 500 SecurityHeaders renders, and its log line, carry the request id."""
 
     _outer: ASGIApp | None = None
+    observer: RequestObserver  # set by create_app, around `secured`
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and (scope["type"], scope["path"]) not in events.STREAMS:
+            await self.observer(scope, receive, send)
+        else:
+            await self.secured(scope, receive, send)
+
+    async def secured(self, scope: Scope, receive: Receive, send: Send) -> None:
         if self._outer is None:
             self._outer = SecurityHeaders(self._dispatch)
         await self._outer(scope, receive, send)

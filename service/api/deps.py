@@ -13,6 +13,7 @@ from starlette.requests import HTTPConnection
 from service.api.auth import RevokedTokens, Token, TokenSigner
 from service.config import Settings
 from service.errors import Unauthorized
+from service.logging import note_user
 from service.storeclient import StoreClient
 
 
@@ -73,6 +74,7 @@ def session(conn: HTTPConnection, allow_query: bool) -> Token:
     revoked: RevokedTokens = state.revoked
     if token is None or token.id in revoked:
         raise Unauthorized("invalid or expired token")
+    note_user(token.user_id)  # the access log and later log records name the caller
     return token
 
 

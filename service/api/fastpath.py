@@ -12,11 +12,9 @@ still comes from one place.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 from typing import Any
 
-from prometheus_client.metrics import Counter
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
@@ -24,9 +22,9 @@ from starlette.types import Receive, Scope, Send
 from service.api.deps import user_id
 from service.api.errors import error_response
 from service.api.negotiation import render
+from service.api.observe import ROUTE_KEY
 from service.api.routes.items import create_one, etag
 from service.errors import DuckcastError
-from service.metrics import HTTP_LATENCY, HTTP_REQUESTS
 from service.pb import store_pb2 as spb
 from service.storeclient import StoreClient
 from service.wire import INT64_MAX, STATUSES, ascii_int, bounded_int, item_json, page_json
@@ -34,17 +32,6 @@ from service.wire import INT64_MAX, STATUSES, ascii_int, bounded_int, item_json,
 ITEM_ROUTE = "/api/items/{item_id}"
 ITEMS_ROUTE = "/api/items"
 LIST_PARAMS = {"page": (1, 1_000_000), "limit": (1, 100), "owner_id": (1, INT64_MAX)}
-
-_counters: dict[tuple[str, str, int], Counter] = {}
-
-
-def _count(method: str, route: str, status: int, started: float) -> None:
-    key = (method, route, status)
-    child = _counters.get(key)
-    if child is None:
-        child = _counters[key] = HTTP_REQUESTS.labels(method, route, str(status))
-    child.inc()
-    HTTP_LATENCY.labels(method, route).observe(time.perf_counter() - started)
 
 
 def _list_query(request: Request) -> spb.ListItems | None:
@@ -65,19 +52,13 @@ def _list_query(request: Request) -> spb.ListItems | None:
     return query
 
 
-async def _answer(
-    request: Request,
-    send: Send,
-    route: str,
-    started: float,
-    work: Callable[[], Any],
-) -> None:
+async def _answer(request: Request, send: Send, route: str, work: Callable[[], Any]) -> None:
+    request.scope[ROUTE_KEY] = route  # for the request observer's metrics and access log
     try:
         response: Response = await work()
     except DuckcastError as exc:
         response = error_response(request, exc)
     await response(request.scope, request.receive, send)
-    _count(request.scope["method"], route, response.status_code, started)
 
 
 async def serve(scope: Scope, receive: Receive, send: Send) -> bool:
@@ -87,7 +68,6 @@ async def serve(scope: Scope, receive: Receive, send: Send) -> bool:
     if not path.startswith("/api/items"):
         return False
     method: str = scope["method"]
-    started = time.perf_counter()
     request = Request(scope, receive)
     state = scope["app"].state
     try:
@@ -105,7 +85,7 @@ async def serve(scope: Scope, receive: Receive, send: Send) -> bool:
             item = await store.get_item(item_id)
             return render(request, item, item_json, headers=etag(item))
 
-        await _answer(request, send, ITEM_ROUTE, started, get)
+        await _answer(request, send, ITEM_ROUTE, get)
         return True
 
     if path != ITEMS_ROUTE:
@@ -118,7 +98,7 @@ async def serve(scope: Scope, receive: Receive, send: Send) -> bool:
         async def page() -> Response:
             return render(request, await store.list_items(query), page_json)
 
-        await _answer(request, send, ITEMS_ROUTE, started, page)
+        await _answer(request, send, ITEMS_ROUTE, page)
         return True
 
     if method == "POST":
@@ -127,6 +107,6 @@ async def serve(scope: Scope, receive: Receive, send: Send) -> bool:
         if declared is None or declared > limit:
             return False  # chunked or oversize: the BodyLimit middleware's job
 
-        await _answer(request, send, ITEMS_ROUTE, started, lambda: create_one(request, user, store))
+        await _answer(request, send, ITEMS_ROUTE, lambda: create_one(request, user, store))
         return True
     return False

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Iterable
 
 from starlette.requests import Request
@@ -11,7 +10,6 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service.api.negotiation import render_error
 from service.errors import PayloadTooLarge
-from service.metrics import HTTP_LATENCY, HTTP_REQUESTS
 from service.wire import ascii_int
 
 logger = logging.getLogger(__name__)
@@ -55,34 +53,6 @@ class BodyLimit:
             return message
 
         await self.app(scope, limited, send)
-
-
-class Metrics:
-    """Counts and times every HTTP request by route template (not raw path: bounded labels)."""
-
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        started = time.perf_counter()
-        status = 500
-
-        async def send_status(message: Message) -> None:
-            nonlocal status
-            if message["type"] == "http.response.start":
-                status = message["status"]
-            await send(message)
-
-        try:
-            await self.app(scope, receive, send_status)
-        finally:
-            route = getattr(scope.get("route"), "path", "unmatched")
-            method = scope["method"]
-            HTTP_REQUESTS.labels(method, route, str(status)).inc()
-            HTTP_LATENCY.labels(method, route).observe(time.perf_counter() - started)
 
 
 class SecurityHeaders:

@@ -6,20 +6,34 @@ Guarantees (and non-guarantees) of every implementation:
 - A subscription may miss payloads while it is down (redis pub/sub keeps nothing). It yields
   `RESUBSCRIBED` after every (re)subscription, so the consumer repairs the gap from the store's
   event log: the event log, not the backplane, is the source of truth.
-- `live` is true while the subscription is connected (for /readyz).
+- `live` is true while the subscription is connected (for /readyz, which reports `degraded`
+  while it is not, and for the `duckcast_backplane_connected` gauge).
 """
 
 from __future__ import annotations
 
 import abc
 from collections.abc import AsyncIterator
-from typing import Final
+from typing import ClassVar, Final
+
+from service.metrics import BACKPLANE_CONNECTED
 
 RESUBSCRIBED: Final = None  # yielded after every (re)subscription: fetch what you missed
 
 
 class Backplane(abc.ABC):
-    live: bool = False
+    kind: ClassVar[str]  # the `backplane` label of its metrics
+    _live: bool = False
+
+    @property
+    def live(self) -> bool:
+        return self._live
+
+    @live.setter
+    def live(self, value: bool) -> None:
+        # Set only by a subscription: a publish-only backplane (the store's) exports nothing.
+        self._live = value
+        BACKPLANE_CONNECTED.labels(self.kind).set(int(value))
 
     async def start(self) -> None:  # noqa: B027 - optional hook
         pass

@@ -9,6 +9,8 @@ from service.backplane.base import RESUBSCRIBED, Backplane
 
 
 class MemoryBackplane(Backplane):
+    kind = "memory"
+
     def __init__(self) -> None:
         self._queues: set[asyncio.Queue[bytes | None]] = set()
         self.live = True

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import AsyncIterator
 
 import redis.asyncio as aioredis
@@ -26,6 +27,8 @@ PUBLISH_TIMEOUT = 5.0
 
 
 class RedisBackplane(Backplane):
+    kind = "redis"
+
     def __init__(self, url: str, channel: str = EVENTS_CHANNEL) -> None:
         self.url = url
         self.channel = channel
@@ -50,13 +53,19 @@ class RedisBackplane(Backplane):
 
     async def subscribe(self) -> AsyncIterator[bytes | None]:
         backoff = 0.0
+        lost_at: float | None = None
         while True:
             pubsub = self._redis.pubsub(ignore_subscribe_messages=True)
             try:
                 await pubsub.subscribe(self.channel)
                 self.live = True
                 backoff = 0.0
-                logger.info("subscribed to %s", self.channel)
+                if lost_at is None:
+                    logger.info("subscribed to %s", self.channel)
+                else:
+                    down = time.monotonic() - lost_at
+                    logger.info("redis subscription restored after %.1fs", down)
+                    lost_at = None
                 yield RESUBSCRIBED
                 while True:
                     message = await pubsub.get_message(timeout=1.0)
@@ -64,6 +73,8 @@ class RedisBackplane(Backplane):
                         yield message["data"]
             except (RedisError, OSError) as exc:
                 self.live = False
+                if lost_at is None:
+                    lost_at = time.monotonic()
                 backoff = min(max(backoff * 2, BACKOFF_MIN), BACKOFF_MAX)
                 logger.warning("redis subscription lost (%s); retrying in %.2fs", exc, backoff)
                 await asyncio.sleep(backoff)

@@ -3,18 +3,22 @@
     python -m service.pb.generate [OUT_DIR]
 
 protoc emits `import duckcast_pb2` for a sibling file; we rewrite it to a package import so
-the generated modules work from inside `service.pb`.
+the generated modules work from inside `service.pb`. The public schema's source is copied
+beside them: the app serves it at /protos/ (service.api.routes.ops.PUBLIC_PROTOS), and an
+installed package has no protos/ directory.
 """
 
 from __future__ import annotations
 
 import re
+import shutil
 import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 PROTOS = ROOT / "protos"
 OUT = Path(__file__).resolve().parent
+SERVED = ("duckcast.proto",)  # not store.proto: the internal worker <-> store protocol
 
 
 def generate(out: Path) -> None:
@@ -29,6 +33,8 @@ def generate(out: Path) -> None:
     args = ["protoc", f"--plugin=protoc-gen-mypy={plugin}", f"-I{PROTOS}", f"-I{well_known}", f"--python_out={out}", f"--mypy_out={out}", *files]
     if protoc.main(args) != 0:
         raise SystemExit("protoc failed")
+    for name in SERVED:
+        shutil.copyfile(PROTOS / name, out / name)
     for path in out.glob("*_pb2.py*"):
         text = path.read_text()
         fixed = re.sub(r"^import (\w+_pb2)", r"from service.pb import \1", text, flags=re.M)

@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 
 from service.backplane import Backplane
-from service.metrics import EVENTS_PUBLISHED
+from service.metrics import EVENTS_PUBLISHED, observe_outbox
 from service.pb import duckcast_pb2 as pb
 from service.pb import store_pb2 as spb
 from service.store.engine import StoreEngine
@@ -69,19 +69,27 @@ class OutboxPublisher:
 
     async def _run(self) -> None:
         backoff = 0.0
+        failing_since: float | None = None
         while True:
             await self._wake.wait()
             self._wake.clear()
+            observe_outbox(self._engine.state.last_seq, self.published)
             while self.published < self._engine.state.last_seq:
                 try:
                     await self._publish_next()
                     backoff = 0.0
+                    if failing_since is not None:
+                        down = time.monotonic() - failing_since
+                        logger.info("publishing events restored after %.1fs", down)
+                        failing_since = None
                 except asyncio.CancelledError:
                     raise
                 except Exception as exc:
+                    failing_since = failing_since or time.monotonic()
                     backoff = min(max(backoff * 2, BACKOFF_MIN), BACKOFF_MAX)
                     logger.warning("publishing events failed (%s); retry in %.2fs", exc, backoff)
                     await asyncio.sleep(backoff)
+                observe_outbox(self._engine.state.last_seq, self.published)
 
     async def _publish_next(self) -> None:
         batch = await self._engine.events_since(self.published, MAX_EVENTS_PER_MESSAGE)

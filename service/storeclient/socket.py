@@ -59,6 +59,7 @@ class SocketStoreClient(StoreClient):
         self._backoff = 0.0
         self._last_error = ""
         self.attempts = 0  # connection attempts made (a dead store is not hammered)
+        self._lost_at: float | None = None  # when the store became unreachable, for the log
         self._deadlines: dict[int, float] = {}
         self._in_doubt: set[int] = set()  # writes the store announced it is committing
         self._sweeper: asyncio.TimerHandle | None = None
@@ -181,6 +182,7 @@ class SocketStoreClient(StoreClient):
                     reader, writer = await asyncio.open_connection(addr[0], addr[1])
             await _authenticate(reader, writer, self._key, self.timeout)
         except (OSError, TimeoutError, HandshakeError) as exc:
+            self._lost_at = self._lost_at or time.monotonic()
             self._backoff = min(max(self._backoff * 2, BACKOFF_MIN), BACKOFF_MAX)
             self._retry_at = asyncio.get_running_loop().time() + self._backoff
             self._last_error = getattr(exc, "strerror", None) or str(exc)
@@ -189,7 +191,12 @@ class SocketStoreClient(StoreClient):
         self._retry_at = 0.0
         self._writer = writer
         self._reader_task = asyncio.create_task(self._read_loop(reader, writer))
-        logger.info("connected to store at %s", self.url)
+        if self._lost_at is None:
+            logger.info("connected to store at %s", self.url)
+        else:
+            down = time.monotonic() - self._lost_at
+            logger.info("store connection restored after %.1fs (%s)", down, self.url)
+            self._lost_at = None
         return writer
 
     async def _read_loop(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -211,6 +218,7 @@ class SocketStoreClient(StoreClient):
             writer.close()
             if self._writer is writer:
                 self._writer = None
+                self._lost_at = time.monotonic()
                 self._drop(StoreUnavailable("connection to the store was lost"))
 
     def _drop(self, exc: StoreUnavailable) -> None:

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import httpx
 
-from service.paths import repo_dir
 from service.pb import duckcast_pb2 as pb
 from tests.api.conftest import Account
 from tests.api.wire import JSON, PROTOBUF, X_PROTOBUF, error_message
 
 ALL_MEDIA = {JSON, PROTOBUF, X_PROTOBUF}
+ROOT = Path(__file__).resolve().parents[2]
 
 
 async def test_healthz(client: httpx.AsyncClient) -> None:
@@ -54,7 +56,7 @@ async def test_proto_schema_served(client: httpx.AsyncClient) -> None:
     r = await client.get("/protos/duckcast.proto")
     assert r.status_code == 200
     assert r.headers["content-type"].startswith("text/plain")
-    assert r.text == (repo_dir("protos") / "duckcast.proto").read_text()
+    assert r.text == (ROOT / "protos" / "duckcast.proto").read_text()
     assert "message Item {" in r.text
     for name in ("nosuch", "Duckcast", "..%2Fpyproject", "duckcast.proto%00", "%2e%2e", "store"):
         missing = await client.get(f"/protos/{name}.proto")
@@ -65,7 +67,7 @@ async def test_proto_schema_served(client: httpx.AsyncClient) -> None:
 async def test_the_internal_schema_is_not_served(client: httpx.AsyncClient) -> None:
     """store.proto (the worker <-> store protocol) sits beside duckcast.proto in protos/ but
     is not public: 404 like a name that does not exist."""
-    assert (repo_dir("protos") / "store.proto").is_file()
+    assert (ROOT / "protos" / "store.proto").is_file()
     r = await client.get("/protos/store.proto")
     assert r.status_code == 404
     assert "StoreRequest" not in r.text

@@ -25,7 +25,7 @@ from tests.procs import alive, children, cmdline, descendants
 
 pytestmark = pytest.mark.e2e
 
-GRACEFUL_TIMEOUT = 20  # deploy/gunicorn.conf.py graceful_timeout
+GRACEFUL_TIMEOUT = 20  # service/gunicorn_conf.py graceful_timeout
 
 
 def test_embedded_serve_works_stops_cleanly_and_keeps_data(deployment: Deployment) -> None:
@@ -182,6 +182,7 @@ def test_store_restarted_under_a_running_api(
     assert api.running(), "the api must outlive a store restart"
     assert rc == 0, store.log_tail()
     assert "store stopped" in store.logs()
+    assert "store connection restored" in api.logs(), "the recovery was not logged"
     assert bad_log_lines(store.logs()) == [], store.log_tail()
     assert bad_log_lines(api.logs() + again.logs()) == []
 

@@ -95,8 +95,8 @@ async def test_events_committed_while_redis_is_down_go_out_in_order_when_it_is_b
 ) -> None:
     """Commits made while redis-server is stopped wait in the outbox (the event log); the
     publisher keeps retrying, and once Redis is back they are published, every one, in commit
-    order, and `published` (and its state file) reach the last seq."""
-    caplog.set_level(logging.WARNING, logger="service.realtime.publisher")
+    order, and `published` (and its state file) reach the last seq; the recovery is logged."""
+    caplog.set_level(logging.INFO, logger="service.store.outbox")
     state = tmp_path / "published_seq"
     async with publishing(engine, redis_server.url, state) as publisher:
         async with listening(redis_server.url) as listener:
@@ -132,6 +132,7 @@ async def test_events_committed_while_redis_is_down_go_out_in_order_when_it_is_b
         await until(lambda: publisher.published == last, what="published reaches last seq")
         # the state file follows within the publisher's save interval
         await until(lambda: state.read_text() == str(last), what="state file reaches last seq")
+    assert any("publishing events restored" in r.getMessage() for r in caplog.records)
 
 
 async def test_one_message_per_commit_batch(

@@ -1,0 +1,195 @@
+"""One logging setup for every Duckcast process: the supervisor, the store, gunicorn's master and
+its workers, and embedded `duckcast serve` (each applies `logging_config(settings)`: gunicorn
+through `logconfig_dict`, uvicorn through `log_config`, the others through `configure`).
+
+- JSON lines (one object per record, `time level logger message pid` plus the record's extra
+  fields) or plain text for a terminal: `DUCKCAST_LOG_FORMAT` (auto = text on a TTY).
+- Every record logged while a request is handled carries its `request_id` (and `user_id` once
+  the caller is known), from `REQUEST`, set by the request observer (service/api/observe.py).
+- A warning or error repeated with the same template is let through once per
+  `REPEAT_INTERVAL`, with the count of those held back: a dead peer retried every few
+  seconds must not bury everything else.
+- Secrets are taken out of every record when it is created (service.redaction, installed by
+  each process's entry point: the CLI, `create_app`, gunicorn's settings module), before any
+  handler configured here sees it.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import logging
+import logging.config
+import sys
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, Literal
+
+import orjson
+
+LogFormat = Literal["auto", "json", "text"]
+REPEAT_INTERVAL = 10.0  # seconds
+ACCESS_LOGGER = "duckcast.access"
+
+
+@dataclass(slots=True)
+class RequestContext:
+    """The request being handled; mutable so a dependency that learns the user can say so."""
+
+    request_id: str
+    user_id: int | None = None
+
+
+REQUEST: contextvars.ContextVar[RequestContext | None] = contextvars.ContextVar(
+    "duckcast_request", default=None
+)
+
+
+def note_user(user_id: int) -> None:
+    """Record the authenticated caller for the access log and every later log record."""
+    context = REQUEST.get()
+    if context is not None:
+        context.user_id = user_id
+
+
+class RequestContextFilter(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        context = REQUEST.get()
+        if context is not None:
+            if not hasattr(record, "request_id"):
+                record.request_id = context.request_id
+            if context.user_id is not None and not hasattr(record, "user_id"):
+                record.user_id = context.user_id
+        return True
+
+
+@dataclass(slots=True)
+class _Seen:
+    at: float
+    held_back: int = 0
+
+
+class RepeatFilter(logging.Filter):
+    """Warnings and errors with the same logger, level and message template pass once per
+    `interval`; the next one to pass carries `repeated`, the number held back meanwhile.
+    INFO and below always pass (the access log is one template)."""
+
+    MAX_KEYS = 1000
+
+    def __init__(
+        self, interval: float = REPEAT_INTERVAL, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        super().__init__()
+        self.interval = interval
+        self.clock = clock
+        self._seen: dict[tuple[str, int, str], _Seen] = {}
+        self._lock = threading.Lock()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno < logging.WARNING:
+            return True
+        key = (record.name, record.levelno, str(record.msg))
+        with self._lock:
+            now = self.clock()
+            seen = self._seen.get(key)
+            if seen is not None and now - seen.at < self.interval:
+                seen.held_back += 1
+                return False
+            if seen is not None and seen.held_back:
+                record.repeated = seen.held_back
+            if len(self._seen) >= self.MAX_KEYS:
+                # messages formatted before logging (f-strings) would each be a key
+                self._seen = {k: v for k, v in self._seen.items() if now - v.at < self.interval}
+            self._seen[key] = _Seen(now)
+            return True
+
+
+# Attributes every LogRecord has: anything else on a record came from `extra=` or a filter
+# (but uvicorn's `color_message` is its message again, with terminal colours).
+_STANDARD = set(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {
+    "message",
+    "asctime",
+    "color_message",
+}
+
+
+def _extras(record: logging.LogRecord) -> dict[str, Any]:
+    return {k: v for k, v in vars(record).items() if k not in _STANDARD and k[0] != "_"}
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line (orjson: a few µs, it runs once per request for the access
+    log)."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        out: dict[str, Any] = {
+            "time": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
+            "level": record.levelname,
+            "logger": record.name,
+            "message": record.getMessage(),
+            "pid": record.process,
+        }
+        out.update(_extras(record))
+        if record.exc_info:
+            out["exc_info"] = self.formatException(record.exc_info)
+        if record.stack_info:
+            out["stack_info"] = self.formatStack(record.stack_info)
+        return orjson.dumps(out, default=str).decode()
+
+
+class TextFormatter(logging.Formatter):
+    """`time LEVEL logger[pid]: message key=value …` for a terminal."""
+
+    def __init__(self) -> None:
+        super().__init__("%(asctime)s %(levelname)s %(name)s[%(process)d]: %(message)s")
+
+    def formatMessage(self, record: logging.LogRecord) -> str:
+        line = super().formatMessage(record)
+        extras = _extras(record)
+        return line + "".join(f" {k}={v}" for k, v in extras.items()) if extras else line
+
+
+def resolve_format(fmt: str) -> Literal["json", "text"]:
+    if fmt == "auto":
+        return "text" if sys.stderr.isatty() else "json"
+    return "json" if fmt == "json" else "text"
+
+
+def logging_config(fmt: str = "auto", level: str = "INFO") -> dict[str, Any]:
+    """A `logging.config.dictConfig` dict: everything to stderr through one handler."""
+    filters: dict[str, dict[str, Any]] = {
+        "request": {"()": RequestContextFilter},
+        "repeats": {"()": RepeatFilter},
+    }
+    formatter = {"()": JsonFormatter if resolve_format(fmt) == "json" else TextFormatter}
+    # gunicorn hands its error logger's handlers to uvicorn's (uvicorn-worker), so the named
+    # loggers below need the handler itself, not just propagation to the root.
+    own = {"handlers": ["stderr"], "level": level, "propagate": False}
+    return {
+        "version": 1,
+        "disable_existing_loggers": False,
+        "filters": filters,
+        "formatters": {"default": formatter},
+        "handlers": {
+            "stderr": {
+                "class": "logging.StreamHandler",
+                "stream": "ext://sys.stderr",
+                "formatter": "default",
+                "filters": list(filters),
+            }
+        },
+        "root": {"handlers": ["stderr"], "level": level},
+        "loggers": {
+            "gunicorn.error": own,
+            "uvicorn": own,
+            # the app writes its own access log (route template, request id, no query string)
+            "gunicorn.access": {"handlers": [], "propagate": False},
+            "uvicorn.access": {"handlers": [], "propagate": False},
+        },
+    }
+
+
+def configure(fmt: str = "auto", level: str = "INFO") -> None:
+    logging.config.dictConfig(logging_config(fmt, level))

@@ -1,0 +1,145 @@
+"""service/logging.py: the one logging setup every process applies."""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import logging.config
+from collections.abc import Iterator
+
+import pytest
+
+from service.logging import (
+    REQUEST,
+    RepeatFilter,
+    RequestContext,
+    logging_config,
+    note_user,
+)
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def record(
+    msg: str, *args: object, level: int = logging.WARNING, name: str = "x"
+) -> logging.LogRecord:
+    return logging.LogRecord(name, level, __file__, 1, msg, args, None)
+
+
+@pytest.fixture
+def captured() -> Iterator[tuple[io.StringIO, logging.Logger]]:
+    """The real dictConfig (JSON), its handler's stream swapped for a buffer; every logger it
+    touches is put back afterwards (pytest's own capture hangs off the root)."""
+    names = ["", *logging_config()["loggers"]]
+    saved = {
+        name: (logging.getLogger(name).handlers[:], logging.getLogger(name).level,
+               logging.getLogger(name).propagate)
+        for name in names
+    }  # fmt: skip
+    stream = io.StringIO()
+
+    def configure(level: str) -> None:
+        logging.config.dictConfig(logging_config("json", level))
+        handler = logging.root.handlers[0]
+        assert isinstance(handler, logging.StreamHandler)
+        handler.setStream(stream)
+
+    configure("INFO")
+    log = logging.getLogger("duckcast.test")
+    log.configure = configure  # type: ignore[attr-defined]
+    yield stream, log
+    for name, (handlers, level, propagate) in saved.items():
+        logger = logging.getLogger(name)
+        logger.handlers[:] = handlers
+        logger.setLevel(level)
+        logger.propagate = propagate
+
+
+def lines(stream: io.StringIO) -> list[dict[str, object]]:
+    return [json.loads(line) for line in stream.getvalue().splitlines()]
+
+
+def test_json_lines_carry_time_level_logger_message_and_extras(
+    captured: tuple[io.StringIO, logging.Logger],
+) -> None:
+    """One JSON object per record, with the record's `extra=` fields, and the traceback of an
+    exception as a field (still one line)."""
+    stream, log = captured
+    log.info("served %s", "x", extra={"route": "/api/items", "status": 200})
+    try:
+        raise ValueError("boom")
+    except ValueError:
+        log.exception("failed")
+    first, second = lines(stream)
+    assert first["level"] == "INFO" and first["logger"] == "duckcast.test"
+    assert first["message"] == "served x"
+    assert first["route"] == "/api/items" and first["status"] == 200
+    assert str(first["time"]).endswith("+00:00")
+    assert "ValueError: boom" in str(second["exc_info"])
+    assert len(stream.getvalue().splitlines()) == 2
+
+
+def test_records_inside_a_request_name_it_and_its_user(
+    captured: tuple[io.StringIO, logging.Logger],
+) -> None:
+    """A record logged while a request is handled carries its request id, and the user id
+    once authentication has named the caller; outside a request, neither."""
+    stream, log = captured
+    token = REQUEST.set(RequestContext("req-1"))
+    try:
+        log.warning("before auth")
+        note_user(42)
+        log.warning("after auth")
+    finally:
+        REQUEST.reset(token)
+    log.warning("outside")
+    before, after, outside = lines(stream)
+    assert before["request_id"] == "req-1" and "user_id" not in before
+    assert after["request_id"] == "req-1" and after["user_id"] == 42
+    assert "request_id" not in outside
+
+
+def test_text_format_for_a_terminal() -> None:
+    """The text formatter: time, level, logger, pid, message, then key=value extras."""
+    config = logging_config("text", "DEBUG")
+    formatter = config["formatters"]["default"]["()"]()
+    rec = record("store connection restored after %.1fs", 1.25, level=logging.INFO, name="s")
+    rec.request_id = "abc"
+    line = formatter.format(rec)
+    assert " INFO s[" in line
+    assert line.endswith("store connection restored after 1.2s request_id=abc")
+
+
+def test_repeated_warnings_pass_once_per_interval_with_the_count_held_back() -> None:
+    """The same warning template (whatever its arguments) passes once per interval; the next
+    one that passes says how many were held back. Other templates, and INFO, always pass."""
+    clock = Clock()
+    repeats = RepeatFilter(interval=10, clock=clock)
+    assert repeats.filter(record("redis down (%s)", "refused"))
+    held = [repeats.filter(record("redis down (%s)", f"try {n}")) for n in range(5)]
+    assert held == [False] * 5
+    assert repeats.filter(record("store down"))  # another template
+    assert all(repeats.filter(record("GET", level=logging.INFO)) for _ in range(3))
+    clock.now += 10
+    again = record("redis down (%s)", "refused")
+    assert repeats.filter(again)
+    assert again.repeated == 5  # type: ignore[attr-defined]
+    clock.now += 10
+    quiet = record("redis down (%s)", "refused")
+    assert repeats.filter(quiet) and not hasattr(quiet, "repeated")
+
+
+def test_level_setting_drops_lower_records(captured: tuple[io.StringIO, logging.Logger]) -> None:
+    """DUCKCAST_LOG_LEVEL: WARNING drops INFO (the access log included)."""
+    stream, log = captured
+    log.configure("WARNING")  # type: ignore[attr-defined]
+    logging.getLogger("duckcast.access").info("GET / 200")
+    log.warning("kept")
+    assert [line["message"] for line in lines(stream)] == ["kept"]
