@@ -10,7 +10,7 @@ $(BIN)/duckcast: pyproject.toml
 	$(BIN)/pip install --quiet -e '.[dev]'
 	touch $@
 
-.PHONY: run test lint bench fanout protos
+.PHONY: run test lint bench fanout protos lock deploy-mutations
 run: $(BIN)/duckcast
 	$(BIN)/duckcast serve
 
@@ -22,6 +22,11 @@ lint: $(BIN)/duckcast
 	$(BIN)/ruff format --check service tests loadtests
 	$(BIN)/mypy
 	$(BIN)/python -m pytest -q -p no:cacheprovider tests/test_layers.py
+	$(BIN)/hadolint Dockerfile
+
+# The six edits to docker-compose.yml that must each fail the deploy test (tests/e2e/test_compose.py).
+deploy-mutations: $(BIN)/duckcast
+	$(BIN)/python -m pytest -m compose_mutation tests/e2e/test_compose.py
 
 bench: $(BIN)/duckcast
 	$(BIN)/python -m loadtests.bench
@@ -31,3 +36,9 @@ fanout: $(BIN)/duckcast
 
 protos: $(BIN)/duckcast
 	$(BIN)/python -m service.pb.generate
+
+# The image's dependencies, pinned with hashes (the Dockerfile installs exactly these).
+lock: $(BIN)/duckcast
+	$(BIN)/uv pip compile pyproject.toml deploy/requirements-build.in --generate-hashes \
+	  --python-version 3.11 --python-platform x86_64-manylinux_2_28 --no-header --quiet \
+	  -o deploy/requirements.lock
