@@ -122,6 +122,14 @@ class Prometheus:
         self.http = httpx.Client(base_url=f"http://{host}:{port}", timeout=10)
         self.traffic_from = time.time()
 
+    def ready(self) -> bool:
+        """Prometheus answers /-/ready (compose gives it no healthcheck: it may still be
+        starting when the api is healthy, and the forwarder then closes the connection)."""
+        try:
+            return self.http.get("/-/ready").status_code == 200
+        except httpx.TransportError:
+            return False
+
     def query(self, expr: str) -> list[dict[str, Any]]:
         r = self.http.get("/api/v1/query", params={"query": expr})
         assert r.status_code == 200, r.text
@@ -169,6 +177,7 @@ def prometheus(deployed: tuple[Topology, Operator]) -> Iterator[Prometheus]:
         ups = prom.query(f'count_over_time(up{{job=~"api|store"}}[{window}s]) >= {times}')
         return {s["metric"]["job"] for s in ups} == {"api", "store"}
 
+    wait_until(prom.ready, timeout=60, interval=0.2)
     started = time.time() - 300
     wait_until(lambda: scraped(1, started), timeout=60, interval=0.5)
     prom.traffic_from = time.time()
