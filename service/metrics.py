@@ -44,8 +44,9 @@ TRANSPORTS = ("sse", "ws")
 # shutdown: the worker is stopping; expired: its token expired or was revoked;
 # error: the store failed during replay.
 CLOSE_REASONS = ("client", "overflow", "shutdown", "expired", "error")
-# The 5xx a worker answers (500: a bug; 503: store unreachable or slow), created per route.
-SERVER_ERRORS = ("500", "503")
+# The 5xx a worker answers, created per route: 500 a bug; 503 store unreachable or slow (the
+# write was not applied); 504 the store stopped while committing it (in doubt).
+SERVER_ERRORS = ("500", "503", "504")
 
 # -- HTTP (service/api/observe.py) ----------------------------------------------------------
 
