@@ -4,6 +4,8 @@ real app served in-process through its lifespan."""
 from __future__ import annotations
 
 import logging
+import os
+import random
 import shutil
 import socket
 import subprocess
@@ -41,10 +43,22 @@ def no_secrets_in_logs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Non
         pytest.fail("secrets in the logs:\n" + "\n".join(problems[:20]), pytrace=False)
 
 
+# Ports for servers under test come from below the kernel's ephemeral range (32768-60999 by
+# default): a port the kernel hands out can be taken by any outgoing connection between our
+# check and the server's bind (seen: gunicorn giving up its bind in a busy run). Each port is
+# offered once per test process; the seed keeps concurrent test processes apart.
+_CANDIDATE_PORTS = iter(random.Random(os.getpid()).sample(range(20000, 32000), 12000))
+
+
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    for port in _CANDIDATE_PORTS:
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError("no free port left below the ephemeral range")
 
 
 def wait_until(predicate, timeout: float = 10.0, interval: float = 0.02) -> None:  # type: ignore[no-untyped-def]

@@ -5,7 +5,6 @@ is read; the files that hold the data are the owner's only."""
 from __future__ import annotations
 
 import asyncio
-import socket
 import stat
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -21,6 +20,7 @@ from service.store.server import StoreServer
 from service.storeclient.handshake import MAGIC, NONCE_BYTES, client_handshake
 from service.storeclient.protocol import encode_frame
 from service.storeclient.socket import SocketStoreClient
+from tests.conftest import free_port
 from tests.store.conftest import STORE_KEY, Served
 
 WRONG_KEY = Keys.from_secret(b"somebody else's secret").store
@@ -30,12 +30,6 @@ REQUEST = encode_frame(
         id=1, get_user_by_name=spb.GetUserByName(username="user1" + " " * 60)
     ).SerializeToString()
 )
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def refused() -> float:

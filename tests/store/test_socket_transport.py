@@ -30,6 +30,7 @@ from service.storeclient.handshake import client_handshake, store_handshake
 from service.storeclient.inprocess import InProcessStoreClient
 from service.storeclient.protocol import MAX_FRAME, encode_frame
 from service.storeclient.socket import SocketStoreClient
+from tests.conftest import free_port
 from tests.seed import SEEDED_USERS
 from tests.store.conftest import STORE_KEY, Served, WriterGate, creates, settle, wait_until
 
@@ -328,12 +329,6 @@ async def test_a_bad_frame_closes_only_its_own_connection(
     assert [i.title for i in (await in_flight).items] == ["survivor"]
     assert await client.ping() == 1
     assert len(served.server._connections) == 1
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 async def test_tcp_transport(engine: StoreEngine) -> None:
