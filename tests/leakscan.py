@@ -20,6 +20,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+import ahocorasick
 import httpx
 
 TOKEN_SHAPE = re.compile(r"v2\.\d+\.\d+\.[A-Za-z0-9_-]{22}\.([A-Za-z0-9_-]{43})")
@@ -34,6 +35,7 @@ class LeakScan:
     def __init__(self) -> None:
         self.values: set[str] = set()
         self.records: list[tuple[str, str]] = []  # (logger name, text)
+        self._automaton: Any = None  # built from `values` when the scan runs
 
     # -- what was issued --------------------------------------------------------------------
 
@@ -91,7 +93,16 @@ class LeakScan:
 
     def leaks_in(self, text: str) -> list[str]:
         found = [m.group(0)[:24] + "…" for m in TOKEN_SHAPE.finditer(text)]
-        found += [v[:6] + "…" for v in self.values if v in text]
+        # One pass over the text for every issued value at once (Aho-Corasick): a suite issues
+        # thousands of tokens and writes tens of MB of logs; `value in line` for each pair
+        # took minutes.
+        if self.values:
+            if self._automaton is None or len(self._automaton) != len(self.values):
+                self._automaton = ahocorasick.Automaton()
+                for value in self.values:
+                    self._automaton.add_word(value, value)
+                self._automaton.make_automaton()
+            found += sorted({v[:6] + "…" for _, v in self._automaton.iter(text)})
         return found
 
     def scan(self, files: Iterable[Path]) -> list[str]:
