@@ -34,8 +34,11 @@ def decode(content: bytes, media: str, kind: type[M]) -> M:
         if media.endswith("protobuf"):
             return kind.FromString(content)
         if media == JSON or media.endswith("+json"):
+            data = orjson.loads(content)
+            if not isinstance(data, dict):  # ParseDict raises TypeError on 0, [] or "x"
+                raise ProtocolError(f"unreadable {kind.DESCRIPTOR.name} answer: not an object")
             # json_format is slow, but only on this client's side and only in JSON mode.
-            return json_format.ParseDict(orjson.loads(content), kind(), ignore_unknown_fields=True)
+            return json_format.ParseDict(data, kind(), ignore_unknown_fields=True)
     except (DecodeError, orjson.JSONDecodeError, json_format.ParseError) as exc:
         raise ProtocolError(f"unreadable {kind.DESCRIPTOR.name} answer: {exc}") from None
     raise ProtocolError(f"unexpected answer type {media or '(none)'} for {kind.DESCRIPTOR.name}")

@@ -12,7 +12,7 @@ from collections.abc import Iterator
 import httpx
 import orjson
 import pytest
-from hypothesis import given
+from hypothesis import example, given
 from hypothesis import strategies as st
 
 from service.client import (
@@ -223,6 +223,7 @@ def test_any_error_body_becomes_a_typed_error(content: bytes, media: str, status
 
 
 @given(content=st.binary(max_size=300), media=MEDIA)
+@example(content=b"0", media="application/json")  # json_format raised TypeError on a non-object
 def test_any_success_body_decodes_or_raises_protocol_error(content: bytes, media: str) -> None:
     with contextlib.suppress(ProtocolError):
         assert isinstance(decode(content, media, pb.Item), pb.Item)
