@@ -4,8 +4,9 @@ subprocess wrote under the run's temporary directory (tests/conftest.py fails th
 
 What counts as issued:
 - every string shaped like a session token (`v2.<user>.<exp>.<id>.<mac>`), whoever made it;
-- the values tests exchanged over HTTP: bearer tokens, cookie values, `?token=` values and
-  passwords sent, tokens and cookies received (httpx's send() is wrapped for the session);
+- the values tests exchanged over HTTP: token-shaped bearer, cookie and `?token=` values sent,
+  passwords the service accepted (register 201, login 200), tokens and cookies received
+  (httpx's send() is wrapped for the session);
 - values registered with `remember()` (the secrets e2e deployments run with).
 The signature part of a token (43 characters) is enough to count: a log line that holds it
 holds the token, whatever happened to the rest.
@@ -49,17 +50,22 @@ class LeakScan:
             self.values.add(value)
 
     def saw_request(self, request: httpx.Request) -> None:
+        # Only token-shaped values count from what a test sends: bad-input tests send
+        # arbitrary text as tokens and cookies, and a random 8-character string can occur in
+        # an innocent log line ("subscrib…" matched "resetting subscribers" once).
         auth = request.headers.get("authorization", "")
         if " " in auth:
-            self.remember(auth.split(" ", 1)[1].strip())
+            self.remember_token(auth.split(" ", 1)[1].strip())
         for header in request.headers.get_list("cookie"):
             for part in header.split(";"):
-                self.remember(part.partition("=")[2].strip())
+                self.remember_token(part.partition("=")[2].strip())
         for name, value in request.url.params.multi_items():
             if name == "token":
-                self.remember(value)
-        if request.url.path.endswith(("/api/login", "/api/register")):
-            self._remember_password(request)
+                self.remember_token(value)
+
+    def remember_token(self, value: str) -> None:
+        if TOKEN_SHAPE.fullmatch(value):
+            self.remember(value)
 
     def _remember_password(self, request: httpx.Request) -> None:
         try:
@@ -83,7 +89,12 @@ class LeakScan:
     def saw_response(self, response: httpx.Response) -> None:
         for header in response.headers.get_list("set-cookie"):
             self.remember(header.split(";", 1)[0].partition("=")[2])
-        if response.request.url.path.endswith("/api/login") and response.status_code == 200:
+        path = response.request.url.path
+        # A password is a secret once the service took it (the rejected ones of bad-input
+        # tests are arbitrary text, see saw_request).
+        if path.endswith(("/api/login", "/api/register")) and response.status_code in (200, 201):
+            self._remember_password(response.request)
+        if path.endswith("/api/login") and response.status_code == 200:
             try:
                 self.remember(response.json().get("token"))
             except (ValueError, AttributeError):
