@@ -12,12 +12,12 @@ from collections.abc import Callable
 
 import pytest
 
+from loadtests.harness import children
 from service.client import AsyncClient, Transport
 from service.pb import duckcast_pb2 as pb
 from tests.e2e.client.conftest import Account
 from tests.e2e.conftest import DuckcastProcess, is_gunicorn
 from tests.e2e_realtime.conftest import _socket_inodes, established_peers
-from tests.procs import children
 
 pytestmark = pytest.mark.e2e
 
