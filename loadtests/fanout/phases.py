@@ -57,8 +57,9 @@ class Rig:
             "wall": time.monotonic(),
         }
 
-    def write(self, rate: float, seconds: float) -> dict[str, Any]:
-        lo = self.system.seq()
+    def write(self, rate: float, seconds: float, lo: int | None = None) -> dict[str, Any]:
+        """`rate` writes/s for `seconds`; `lo` is the system's seq before them."""
+        lo = self.system.seq() if lo is None else lo
         spec = {**self.system.write_spec(), "token": self.system.token}
         count = max(1, round(rate * seconds))
         writes = self.writer.run(spec, rate, count, self.args.senders, lo + 1)
@@ -106,7 +107,7 @@ def measure(rig: Rig, rate: float, seconds: float, drain: float) -> dict[str, An
     rig.subs.arm(lo)
     load0 = loadavg()
     t0 = rig.snapshot()
-    writes = rig.write(rate, seconds)
+    writes = rig.write(rate, seconds, lo)
     t1 = rig.snapshot()
     hi, expected = rig.system.window_after(lo, writes)
     got = rig.subs.drain(expected, drain)

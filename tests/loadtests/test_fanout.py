@@ -10,14 +10,20 @@ access. Its server and client files are syntax-checked only.
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import signal
 import subprocess
 import sys
+from contextlib import ExitStack
 from pathlib import Path
 
 import pytest
 
+from loadtests.fanout import cli
 from loadtests.fanout.stats import Latency, bucket
+from loadtests.fanout.systems import Duckcast, default_duckcast
+from loadtests.harness import tcp_peers, wait_until
 
 ROOT = Path(__file__).resolve().parents[2]
 CLIENTS = ROOT / "loadtests" / "clients"
@@ -120,3 +126,35 @@ def test_orchestrator_counts_every_event_against_duckcast(tmp_path: Path) -> Non
     assert card["ends"] == {}
     assert card["post_without_subscribers"]["ok"] == 20
     assert card["server_cpu_us_per_delivery"] > 0
+
+
+@pytest.mark.e2e
+def test_streams_the_server_ended_resume_whole(tmp_path: Path) -> None:
+    """The overload phase's resume path: streams a worker ends (SIGTERM: WebSocket 1012, SSE
+    end of stream) reopen from their last seq and end up with every event exactly once."""
+    args = cli.parse_args(["--systems", "duckcast", "--clients", "1", "--senders", "4"])
+    with ExitStack() as stack:
+        system = Duckcast(default_duckcast())
+        rig = cli.start(system, args, tmp_path, stack, "resume")
+        rig.open_subscribers(6)
+        lo = system.seq()
+        rig.subs.arm(lo)
+        rig.write(20, 0.5, lo)
+        held = {pid: tcp_peers(pid, system.port) for pid in system.worker_pids()}
+        victim = max(held, key=lambda pid: len(held[pid]))
+        os.kill(victim, signal.SIGTERM)
+        ended = lambda: sum(rig.subs.status()["ends"].values()) == len(held[victim])  # noqa: E731
+        assert wait_until(ended, 30), rig.subs.status()
+        assert wait_until(lambda: victim not in system.worker_pids(), 30)
+        assert wait_until(lambda: len(system.worker_pids()) == 2, 60)
+        system.wait_ready()
+        mid = system.seq()
+        rig.write(20, 0.5, mid)
+        resumed = rig.subs.resume()
+        got = rig.subs.drain(system.seq() - lo, 30)
+    assert resumed == {"resumable": len(held[victim]), "opened": len(held[victim]), "failed": 0}
+    assert got["expected"] == 20
+    assert got["open"] == 6
+    for kind, counts in got["window"].items():
+        assert (counts["lost"], counts["dups"], counts["out_of_order"]) == (0, 0, 0), kind
+        assert counts["unique"] == 20 * counts["subs"], kind
