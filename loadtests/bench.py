@@ -56,6 +56,7 @@ from loadtests.harness import (
     cpu_seconds,
     descendants,
     free_port,
+    login,
     ppid,
     wait_http,
 )
@@ -266,16 +267,8 @@ class Fixture:
 
 def prepare_service(base_url: str, items: int, workdir: Path) -> Fixture:
     """Register and log in a user, bulk-create `items` items, check every scenario once."""
-    username = f"bench_{uuid.uuid4().hex[:20]}"
-    creds = {"username": username, "password": PASSWORD}
+    token = login(base_url, f"bench_{uuid.uuid4().hex[:20]}", PASSWORD)
     with httpx.Client(base_url=base_url, timeout=60.0) as client:
-        r = client.post("/api/register", json=creds)
-        if r.status_code != 201:
-            raise BenchError(f"register answered {r.status_code}: {r.text[:300]}")
-        r = client.post("/api/login", json=creds)
-        if r.status_code != 200:
-            raise BenchError(f"login answered {r.status_code}: {r.text[:300]}")
-        token = r.json()["token"]
         auth = {"Authorization": f"Bearer {token}"}
         ids: list[int] = []
         while len(ids) < items:

@@ -5,9 +5,9 @@
 //   {"cmd": "open", "kind": "sse"|"ws"|"sio", "n": N, "targets": [{"host", "port"}, ...],
 //    "token": T, "concurrency": C, "timeout_ms": MS}   N more subscriptions (targets in turn)
 //   {"cmd": "arm", "lo": SEQ}       start a measured window: count seqs > SEQ from now on
-//   {"cmd": "drain", "expected": E, "timeout_ms": MS}
-//                                   wait until every open subscription has E distinct seqs of
-//                                   the window (or the time is up), then report the window
+//   {"cmd": "drain", "hi": SEQ, "expected": E, "timeout_ms": MS}
+//                                   wait until every open subscription has E distinct seqs in
+//                                   (lo, hi] (or the time is up), then report the window
 //   {"cmd": "resume", "concurrency": C, "timeout_ms": MS}
 //                                   reopen streams the server ended, from their last seq
 //   {"cmd": "status"}  {"cmd": "reset"} (close and forget all)  {"cmd": "close"}
@@ -97,7 +97,7 @@ class Pool {
     };
   }
 
-  window(expected) {
+  window(hi, expected) {
     const byKind = {};
     let missingOpen = 0;
     for (const sub of this.subs) {
@@ -107,15 +107,18 @@ class Pool {
         open: 0,
         received: 0,
         unique: 0,
+        beyond: 0,
         lost: 0,
         dups: 0,
         out_of_order: 0,
         early: 0,
       });
-      const lost = Math.max(0, expected - t.unique);
+      const unique = t.uniqueUpTo(hi);
+      const lost = Math.max(0, expected - unique);
       k.subs += 1;
       k.received += t.received;
-      k.unique += t.unique;
+      k.unique += unique;
+      k.beyond += t.unique - unique;
       k.lost += lost;
       k.dups += t.dups;
       k.out_of_order += t.outOfOrder;
@@ -128,6 +131,7 @@ class Pool {
     return {
       ...this.status(),
       lo: this.lo,
+      hi,
       expected,
       window: byKind,
       missing_open: missingOpen,
@@ -163,12 +167,17 @@ serve({
     return { lo };
   },
 
-  async drain({ expected, timeout_ms: timeoutMs }) {
+  async drain({ hi, expected, timeout_ms: timeoutMs }) {
     const started = nowMs();
     const deadline = started + timeoutMs;
-    const behind = () => pool.subs.some((s) => s.closed === null && s.tally.unique < expected);
+    // cheap test first: a subscriber short of `expected` seqs in all cannot have them <= hi
+    const behind = () =>
+      pool.subs.some(
+        (s) =>
+          s.closed === null && (s.tally.unique < expected || s.tally.uniqueUpTo(hi) < expected),
+      );
     while (behind() && nowMs() < deadline) await sleep(20);
-    return { ...pool.window(expected), drained: !behind(), waited_ms: nowMs() - started };
+    return { ...pool.window(hi, expected), drained: !behind(), waited_ms: nowMs() - started };
   },
 
   async resume({ concurrency, timeout_ms: timeoutMs }) {

@@ -6,6 +6,12 @@
 // back is lost, what it got twice is duplicated.
 "use strict";
 
+const ONES = Uint8Array.from({ length: 256 }, (_, b) => {
+  let n = 0;
+  for (let v = b; v; v >>= 1) n += v & 1;
+  return n;
+});
+
 class Tally {
   constructor(lo) {
     this.last = 0; // highest seq ever received: where a resume starts from
@@ -15,7 +21,7 @@ class Tally {
   arm(lo) {
     this.lo = lo;
     this.bits = new Uint8Array(256);
-    this.unique = 0; // distinct seqs > lo
+    this.unique = 0; // distinct seqs > lo (uniqueUpTo(hi) counts those <= hi)
     this.received = 0; // every event, duplicates and seqs <= lo included
     this.dups = 0;
     this.outOfOrder = 0; // first receipts below the highest seq already seen
@@ -53,6 +59,18 @@ class Tally {
       this.high = seq;
     }
     return true;
+  }
+
+  // Distinct seqs in (lo, hi]: what was committed before the writer's last answer. A write
+  // the writer gave up on may still commit later; its seq is above hi and not expected.
+  uniqueUpTo(hi) {
+    const bits = Math.max(0, Math.min(hi - this.lo, this.bits.length * 8));
+    let n = 0;
+    const whole = bits >> 3;
+    for (let i = 0; i < whole; i++) n += ONES[this.bits[i]];
+    const rest = bits & 7;
+    if (rest) n += ONES[this.bits[whole] & ((1 << rest) - 1)];
+    return n;
   }
 }
 

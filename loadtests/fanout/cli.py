@@ -117,13 +117,7 @@ def run_round(system: System, args: argparse.Namespace, workdir: Path, tag: str)
     busy = [p for p in ("card", "ladder", "overload") if p in args.phases]
     if busy:
         with ExitStack() as stack:
-            system.start(workdir, stack)
-            rig = Rig(
-                system,
-                Subscribers(args.clients, workdir, stack, tag),
-                Writer(workdir, stack, tag),
-                args,
-            )
+            rig = start(system, args, workdir, stack, tag)
             if "card" in busy:
                 out["card"] = phases.card(rig)
             if "ladder" in busy:
@@ -134,13 +128,7 @@ def run_round(system: System, args: argparse.Namespace, workdir: Path, tag: str)
                 out["overload"] = phases.overload(rig)
     if "idle" in args.phases and args.idle > 0:
         with ExitStack() as stack:
-            system.start(workdir, stack)
-            rig = Rig(
-                system,
-                Subscribers(args.clients, workdir, stack, tag),
-                Writer(workdir, stack, tag),
-                args,
-            )
+            rig = start(system, args, workdir, stack, tag)
             out["idle"] = phases.idle(rig)
     out["loadavg"].append(loadavg())
     return out
@@ -203,6 +191,10 @@ def render(results: dict[str, Any], args: argparse.Namespace) -> tuple[str, bool
     for v in verdicts:
         lines.append(f"  {v.word:<7} {v.name}: {v.detail}")
     ok = all(v.met is not False for v in verdicts)
+    errors = report.write_errors(rounds)
+    if errors:
+        lines.append("!! writes that failed or went unanswered (their events are not expected):")
+        lines += [f"!!   {e}" for e in errors]
     return "\n".join(lines), ok
 
 
@@ -211,7 +203,7 @@ def round_line(r: dict[str, Any]) -> str:
     if "card" in r:
         c = r["card"]
         parts.append(
-            f"card {c['deliveries_per_s']:,.0f}/s p99 {c['latency_ms']['p99']:.1f} ms "
+            f"card {c['deliveries_per_s']:,.0f}/s p99 {report.lat(c['latency_ms']['p99'])} "
             f"lost {c['lost']} cpu {c['server_cpu_us_per_delivery']:.1f} µs "
             f"(machine {c['cores_during_writes']['machine']:.2f} cores busy)"
         )
@@ -219,7 +211,7 @@ def round_line(r: dict[str, Any]) -> str:
         parts.append(f"max {r['ladder']['max_deliveries_per_s']:,.0f}/s")
     if "overload" in r:
         o = r["overload"]
-        parts.append(f"overload lag p99 {o['lag_ms']['p99']:.0f} ms dropped {o['dropped']}")
+        parts.append(f"overload lag p99 {report.lat(o['lag_ms']['p99'])} dropped {o['dropped']}")
     if "idle" in r:
         parts.append(f"idle {r['idle']['kb_per_subscriber']:.1f} KB ({r['idle']['held']:,})")
     parts.append(f"load {r['loadavg'][0][0]:.1f}->{r['loadavg'][-1][0]:.1f}")

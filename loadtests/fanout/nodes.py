@@ -195,10 +195,10 @@ class Subscribers:
     def arm(self, lo: int) -> None:
         self.ask_all({"cmd": "arm", "lo": lo}, 30)
 
-    def drain(self, expected: int, timeout: float) -> dict[str, Any]:
-        answers = self.ask_all(
-            {"cmd": "drain", "expected": expected, "timeout_ms": timeout * 1000}, timeout + 120
-        )
+    def drain(self, hi: int, expected: int, timeout: float) -> dict[str, Any]:
+        """Wait until every open subscriber has `expected` distinct seqs in (lo, hi]."""
+        message = {"cmd": "drain", "hi": hi, "expected": expected, "timeout_ms": timeout * 1000}
+        answers = self.ask_all(message, timeout + 120)
         window: dict[str, Counter[str]] = {}
         for a in answers:
             for kind, counts in a["window"].items():
@@ -248,4 +248,4 @@ class Writer:
             "senders": senders,
             "seq_start": seq_start,
         }
-        return self.client.call(message, count / rate + 120)
+        return self.client.call(message, count / rate + 300)

@@ -110,7 +110,7 @@ def measure(rig: Rig, rate: float, seconds: float, drain: float) -> dict[str, An
     writes = rig.write(rate, seconds, lo)
     t1 = rig.snapshot()
     hi, expected = rig.system.window_after(lo, writes)
-    got = rig.subs.drain(expected, drain)
+    got = rig.subs.drain(hi, expected, drain)
     t2 = rig.snapshot()
     window = got["window"]
     delivered = sum(k["unique"] for k in window.values())
@@ -142,6 +142,7 @@ def measure(rig: Rig, rate: float, seconds: float, drain: float) -> dict[str, An
         "lag_ms": Latency(got["histograms"], missing=got["missing_open"]).summary(),
         "writes": ack_summary(writes),
         "write_seconds": writes["seconds"],
+        "writes_per_s": writes["ok"] / max(seconds, writes["seconds"]),
         "server_cpu_us_per_delivery": (t2["server"] - t0["server"]) / max(1, delivered) * 1e6,
         "client_cpu_us_per_delivery": (t2["clients"] - t0["clients"]) / max(1, delivered) * 1e6,
         "cores_during_writes": cores,
@@ -232,7 +233,7 @@ def overload(rig: Rig) -> dict[str, Any]:
     m["dropped_documented"] = sum(n for why, n in drops.items() if why in DOCUMENTED_DROPS)
     if rig.system.resumable and m["dropped"]:
         m["resume"] = rig.subs.resume(a.connect_concurrency)
-        after = rig.subs.drain(m["events"], a.overload_drain)
+        after = rig.subs.drain(m["seq"][1], m["events"], a.overload_drain)
         m["after_resume"] = {
             "lost": sum(k["lost"] for k in after["window"].values()),
             "duplicated": sum(k["dups"] for k in after["window"].values()),

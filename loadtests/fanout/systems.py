@@ -37,6 +37,7 @@ from loadtests.harness import (
     cmdline,
     descendants,
     free_port,
+    login,
     wait_http,
 )
 
@@ -113,7 +114,7 @@ class Duckcast:
         )
         stack.callback(self.group.stop)
         self.wait_ready()
-        self.token = self.login()
+        self.token = login(self.base, f"fanout_{os.getpid()}_{time.time_ns()}", PASSWORD)
 
     def wait_ready(self, timeout: float = 90.0) -> None:
         """/readyz answers 200 on fresh connections ten times running (so from every worker)
@@ -137,17 +138,6 @@ class Duckcast:
 
     def server_pids(self) -> list[int]:
         return [self.group.pid, *descendants(self.group.pid), self.redis.pid]
-
-    def login(self) -> str:
-        creds = {"username": f"fanout_{os.getpid()}_{time.time_ns()}", "password": PASSWORD}
-        with httpx.Client(base_url=self.base, timeout=30.0) as c:
-            r = c.post("/api/register", json=creds)
-            if r.status_code != 201:
-                raise CannotRun(f"register answered {r.status_code}: {r.text[:300]}")
-            r = c.post("/api/login", json=creds)
-            if r.status_code != 200:
-                raise CannotRun(f"login answered {r.status_code}: {r.text[:300]}")
-            return str(r.json()["token"])
 
     def seq(self) -> int:
         r = httpx.get(

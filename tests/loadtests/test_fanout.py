@@ -61,7 +61,8 @@ def test_tally_sees_duplicates_disorder_and_gaps() -> None:
         const t = new Tally(10);
         const firsts = [9, 11, 12, 13, 13, 15, 14].map((s) => t.see(s));
         console.log(JSON.stringify({ firsts, unique: t.unique, received: t.received,
-          dups: t.dups, ooo: t.outOfOrder, early: t.early, last: t.last }));
+          dups: t.dups, ooo: t.outOfOrder, early: t.early, last: t.last,
+          upTo: [10, 13, 14, 99].map((hi) => t.uniqueUpTo(hi)) }));
         """
     )
     assert got == {
@@ -72,6 +73,7 @@ def test_tally_sees_duplicates_disorder_and_gaps() -> None:
         "ooo": 1,
         "early": 1,
         "last": 15,
+        "upTo": [0, 3, 4, 5],  # distinct seqs in (10, hi]
     }
 
 
@@ -151,7 +153,8 @@ def test_streams_the_server_ended_resume_whole(tmp_path: Path) -> None:
         mid = system.seq()
         rig.write(20, 0.5, mid)
         resumed = rig.subs.resume()
-        got = rig.subs.drain(system.seq() - lo, 30)
+        hi = system.seq()
+        got = rig.subs.drain(hi, hi - lo, 30)
     assert resumed == {"resumable": len(held[victim]), "opened": len(held[victim]), "failed": 0}
     assert got["expected"] == 20
     assert got["open"] == 6
