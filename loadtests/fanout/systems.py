@@ -55,15 +55,9 @@ def describe_duckcast(cmd: list[str]) -> dict[str, str]:
     """Which checkout (and commit) the command runs: its Python's `service` package."""
     exe = Path(cmd[0])
     python = exe if exe.name.startswith("python") else exe.parent / "python"
+    # from "/": `python -c` puts the working directory first on sys.path
     where = subprocess.run(
-        [
-            str(python),
-            "-c",
-            "import pathlib, service; print(pathlib.Path(service.__file__).parent)",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=60,
+        [str(python), "-c", WHERE_IS_SERVICE], cwd="/", capture_output=True, text=True, timeout=60
     )
     if where.returncode != 0:
         raise CannotRun(f"{cmd[0]} has no importable `service`: {where.stderr[-300:]}")
