@@ -28,7 +28,7 @@ from loadtests.harness import (
     busy_cpu_seconds,
     cpu_seconds,
     loadavg,
-    rss_kb,
+    rss_bytes,
     wait_until,
 )
 
@@ -249,7 +249,11 @@ def overload(rig: Rig) -> dict[str, Any]:
 
 
 def server_rss(rig: Rig) -> int:
-    return sum(rss_kb(p) for p in rig.system.server_pids())
+    """KiB resident in all the server processes."""
+    try:
+        return sum(rss_bytes(p) for p in rig.system.server_pids()) // 1024
+    except ProcessLookupError as exc:
+        raise CannotRun(f"a server process exited during the idle phase: {exc}") from exc
 
 
 def settled_rss(rig: Rig, limit: float = 15.0) -> int:

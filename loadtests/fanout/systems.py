@@ -89,7 +89,7 @@ class Duckcast:
         self.token = ""
 
     def start(self, workdir: Path, stack: ExitStack) -> None:
-        self.redis = RedisServer(workdir, "duckcast-redis")
+        self.redis = RedisServer(workdir, name="duckcast-redis")
         stack.callback(self.redis.stop)
         self.redis.start()
         self.port = free_port()
@@ -170,7 +170,7 @@ class Peer:
         self.next_seq = 1
 
     def start(self, workdir: Path, stack: ExitStack) -> None:
-        self.redis = RedisServer(workdir, "peer-redis")
+        self.redis = RedisServer(workdir, name="peer-redis")
         stack.callback(self.redis.stop)
         self.redis.start()
         self.ports = [free_port(), free_port()]
