@@ -15,6 +15,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 import time
 from dataclasses import dataclass
@@ -62,7 +63,11 @@ class Rig:
         lo = self.system.seq() if lo is None else lo
         spec = {**self.system.write_spec(), "token": self.system.token}
         count = max(1, round(rate * seconds))
-        writes = self.writer.run(spec, rate, count, self.args.senders, lo + 1)
+        # No more connections than writes per second: each is used at least every second, so
+        # none sits idle past gunicorn's 5 s keep-alive and gets closed under a write (seen:
+        # ECONNRESET at 5 writes/s over 32 connections).
+        senders = max(1, min(self.args.senders, math.ceil(rate)))
+        writes = self.writer.run(spec, rate, count, senders, lo + 1)
         writes["lo"] = lo
         return writes
 
