@@ -30,7 +30,6 @@ import platform
 import re
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -38,7 +37,7 @@ import tempfile
 import time
 import uuid
 from collections.abc import Iterator, Sequence
-from contextlib import ExitStack, contextmanager, suppress
+from contextlib import ExitStack, contextmanager
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -46,9 +45,23 @@ from typing import Any
 
 import httpx
 
+from loadtests.harness import (
+    ROOT,
+    CannotRun,
+    ProcessGroup,
+    RedisServer,
+    child_env,
+    children,
+    cmdline,
+    cpu_seconds,
+    descendants,
+    free_port,
+    login,
+    ppid,
+    wait_http,
+)
 from service.pb import duckcast_pb2 as pb
 
-ROOT = Path(__file__).resolve().parent.parent
 WRK_DIR = ROOT / "loadtests" / "wrk"
 RESULTS_DIR = ROOT / "loadtests" / "results"
 GUNICORN_CONF = ROOT / "deploy" / "gunicorn.conf.py"
@@ -76,122 +89,27 @@ SCENARIOS = (
 )
 
 
-class BenchError(Exception):
+class BenchError(CannotRun):
     """The benchmark could not run (as opposed to: it ran and measured errors)."""
 
 
 # -- processes ------------------------------------------------------------------------------
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-class ProcessGroup:
-    """A child in a process group of its own, so teardown reaches everything it started."""
-
-    def __init__(self, name: str, cmd: Sequence[str], env: dict[str, str], log: Path) -> None:
-        self.name = name
-        self.cmd = list(cmd)
-        self.log = log
-        with log.open("wb") as out:
-            self.proc = subprocess.Popen(
-                self.cmd,
-                cwd=ROOT,
-                env=env,
-                stdin=subprocess.DEVNULL,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,  # its own session and process group (pgid == pid)
-            )
-        self.pgid = self.proc.pid
-
-    def alive(self) -> bool:
-        return self.proc.poll() is None
-
-    def terminate(self) -> None:
-        with suppress(ProcessLookupError):
-            os.killpg(self.pgid, signal.SIGTERM)
-
-    def stop(self, grace: float = 30.0) -> None:
-        """SIGTERM the group, wait for the leader up to `grace`, then SIGKILL the group."""
-        self.terminate()
-        try:
-            self.proc.wait(grace)
-        except subprocess.TimeoutExpired:
-            print(f"  {self.name}: still running after {grace:g}s; killing", file=sys.stderr)
-        with suppress(ProcessLookupError):  # what the leader left behind (workers, store)
-            os.killpg(self.pgid, signal.SIGKILL)
-        try:
-            self.proc.wait(5)
-        except subprocess.TimeoutExpired:
-            print(f"  {self.name}: pid {self.proc.pid} did not exit", file=sys.stderr)
-
-    def tail(self, lines: int = 30) -> str:
-        try:
-            text = self.log.read_text(errors="replace").splitlines()
-        except OSError:
-            return ""
-        return "\n".join(text[-lines:])
-
-
-def children(pid: int) -> list[int]:
-    found: list[int] = []
-    for task in Path(f"/proc/{pid}/task").glob("*"):
-        try:
-            found.extend(int(p) for p in (task / "children").read_text().split())
-        except OSError:
-            continue
-    return found
-
-
-def cmdline(pid: int) -> str:
-    try:
-        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
-    except OSError:
-        return ""
-
-
-def descendants(pid: int) -> list[int]:
-    out, todo = [], [pid]
-    while todo:
-        kids = children(todo.pop())
-        out.extend(kids)
-        todo.extend(kids)
-    return out
-
-
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU time of a process (all its threads) so far; 0 once it is gone."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except OSError:
-        return 0.0
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 def roles(group: ProcessGroup) -> dict[int, str]:
     """The group's processes by role: the store, gunicorn workers, and the rest (supervisor,
     gunicorn master), which only idle during a run."""
     found = {}
-    for pid in [group.proc.pid, *descendants(group.proc.pid)]:
+    for pid in [group.pid, *descendants(group.pid)]:
         cmd = cmdline(pid)
-        if " store" in cmd:
+        line = " ".join(cmd)
+        if " store" in line:
             found[pid] = "store"
-        elif "gunicorn" in cmd and pid != group.proc.pid and cmdline(_ppid(pid)) == cmd:
+        elif "gunicorn" in line and pid != group.pid and cmdline(ppid(pid)) == cmd:
             found[pid] = "worker"
         else:
             found[pid] = "other"
     return found
-
-
-def _ppid(pid: int) -> int:
-    try:
-        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
-    except (OSError, IndexError, ValueError):
-        return 0
 
 
 @dataclass
@@ -223,54 +141,6 @@ class CpuMeter:
             by_role_us={k: round(v, 1) for k, v in by_role.items()},
             worker_shares=sorted((round(w / total, 3) for w in workers), reverse=True),
         )
-
-
-def wait_http(url: str, group: ProcessGroup, timeout: float = 90.0) -> None:
-    """Poll `url` until it answers 200; fail early if the process group's leader exits."""
-    deadline = time.monotonic() + timeout
-    last = "no answer"
-    with httpx.Client(timeout=2.0) as client:
-        while time.monotonic() < deadline:
-            if not group.alive():
-                raise BenchError(
-                    f"{group.name} exited with code {group.proc.returncode} before it was ready:"
-                    f"\n{group.tail()}"
-                )
-            try:
-                r = client.get(url)
-                if r.status_code == 200:
-                    return
-                last = f"{r.status_code} {r.text[:200]}"
-            except httpx.HTTPError as exc:
-                last = f"{type(exc).__name__}: {exc}"
-            time.sleep(0.1)
-    raise BenchError(f"{group.name} not ready within {timeout:g}s ({url}: {last})")
-
-
-def wait_redis(port: int, group: ProcessGroup, timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if not group.alive():
-            raise BenchError(f"redis-server exited early:\n{group.tail()}")
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=1) as s:
-                s.sendall(b"PING\r\n")
-                if s.recv(16).startswith(b"+PONG"):
-                    return
-        except OSError:
-            pass
-        time.sleep(0.05)
-    raise BenchError(f"redis-server did not answer PING within {timeout:g}s")
-
-
-def child_env(**extra: str) -> dict[str, str]:
-    env = dict(os.environ)
-    # The caller's shell must not steer the children: a metrics dir would be wiped by
-    # gunicorn's on_starting, a store URL would skip starting our private store.
-    for name in ("PROMETHEUS_MULTIPROC_DIR", "DUCKCAST_STORE_URL", "DUCKCAST_WORKERS"):
-        env.pop(name, None)
-    env.update(extra)
-    return env
 
 
 # -- wrk ------------------------------------------------------------------------------------
@@ -397,16 +267,8 @@ class Fixture:
 
 def prepare_service(base_url: str, items: int, workdir: Path) -> Fixture:
     """Register and log in a user, bulk-create `items` items, check every scenario once."""
-    username = f"bench_{uuid.uuid4().hex[:20]}"
-    creds = {"username": username, "password": PASSWORD}
+    token = login(base_url, f"bench_{uuid.uuid4().hex[:20]}", PASSWORD)
     with httpx.Client(base_url=base_url, timeout=60.0) as client:
-        r = client.post("/api/register", json=creds)
-        if r.status_code != 201:
-            raise BenchError(f"register answered {r.status_code}: {r.text[:300]}")
-        r = client.post("/api/login", json=creds)
-        if r.status_code != 200:
-            raise BenchError(f"login answered {r.status_code}: {r.text[:300]}")
-        token = r.json()["token"]
         auth = {"Authorization": f"Bearer {token}"}
         ids: list[int] = []
         while len(ids) < items:
@@ -711,8 +573,8 @@ def profile_scenario(
         raise BenchError("--profile needs py-spy: pip install py-spy")
     # supervisor -> (store, gunicorn master -> workers)
     procs = children(service.proc.pid)
-    store = [p for p in procs if " store" in cmdline(p)]
-    master = [p for p in procs if "gunicorn" in cmdline(p)]
+    store = [p for p in procs if " store" in " ".join(cmdline(p))]
+    master = [p for p in procs if "gunicorn" in " ".join(cmdline(p))]
     workers = children(master[0]) if master else []
     if not store or not workers:
         raise BenchError(f"could not find the store and workers under pid {service.proc.pid}")
@@ -864,7 +726,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     try:
         require_tools()
-    except BenchError as exc:
+    except CannotRun as exc:
         print(f"loadtests.bench: {exc}", file=sys.stderr)
         return 2
     with sigterm_as_interrupt(), ExitStack() as stack:
@@ -873,7 +735,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         except KeyboardInterrupt:
             print("\ninterrupted; tearing down", file=sys.stderr)
             return 130
-        except BenchError as exc:
+        except CannotRun as exc:
             print(f"\nloadtests.bench: {exc}", file=sys.stderr)
             return 2
     return 2  # unreachable; keeps type checkers calm
@@ -928,33 +790,17 @@ def _bench(
     load = Load(args.connections, args.threads)
     scenarios = [s for s in SCENARIOS if not args.only or s.name in args.only]
 
-    redis_port, api_port, ceiling_port = free_port(), free_port(), free_port()
-    while len({redis_port, api_port, ceiling_port}) < 3:
+    api_port, ceiling_port = free_port(), free_port()
+    while ceiling_port == api_port:
         ceiling_port = free_port()
     api = f"http://127.0.0.1:{api_port}"
     ceiling = f"http://127.0.0.1:{ceiling_port}"
 
     print(f"loadtests.bench: data {data_dir}, logs {work_dir}")
-    redis_server = ProcessGroup(
-        "redis-server",
-        [
-            shutil.which("redis-server") or "redis-server",
-            "--port",
-            str(redis_port),
-            "--bind",
-            "127.0.0.1",
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-            "--dir",
-            str(work_dir),
-        ],
-        child_env(),
-        work_dir / "redis.log",
-    )
-    groups.append(redis_server)
-    wait_redis(redis_port, redis_server)
+    redis_server = RedisServer(work_dir)
+    redis_server.start()
+    assert redis_server.group is not None
+    groups.append(redis_server.group)
 
     service = ProcessGroup(
         "duckcast serve",
@@ -970,7 +816,7 @@ def _bench(
             "--data-dir",
             str(data_dir),
         ],
-        child_env(REDIS_URL=f"redis://127.0.0.1:{redis_port}/0"),
+        child_env(REDIS_URL=redis_server.url),
         work_dir / "service.log",
     )
     groups.append(service)

@@ -31,18 +31,14 @@ from loadtests.bench import (
     WRK_DIR,
     BenchError,
     Load,
-    ProcessGroup,
     WrkResult,
-    child_env,
-    free_port,
     parse_wrk,
     prepare_service,
     require_tools,
     run_wrk,
     script_args,
-    wait_http,
-    wait_redis,
 )
+from loadtests.harness import ProcessGroup, RedisServer, child_env, free_port, wait_http
 
 GET_ITEM = next(s for s in SCENARIOS if s.name == "get_item")
 JSON_BODY = {"Content-Type": "application/json"}
@@ -64,18 +60,13 @@ def flood(base_url: str, body: Path, seconds: float) -> subprocess.Popen[str]:
 
 
 def measure(threads: int, seconds: float, workdir: Path, stack: ExitStack) -> Result:
-    redis_port, port = free_port(), free_port()
-    redis = ProcessGroup(
-        "redis",
-        ["redis-server", "--port", str(redis_port), "--save", "", "--appendonly", "no"],
-        child_env(),
-        workdir / f"redis-{threads}.log",
-    )
+    port = free_port()
+    redis = RedisServer(workdir, name=f"redis-{threads}")
     stack.callback(redis.stop)
-    wait_redis(redis_port, redis)
+    redis.start()
     data = workdir / f"data-{threads}"
     env = child_env(
-        REDIS_URL=f"redis://127.0.0.1:{redis_port}/0",
+        REDIS_URL=redis.url,
         DUCKCAST_PASSWORD_HASH_THREADS=str(threads),
         DUCKCAST_SECRET_KEY="login-flood-" + "x" * 32,
     )

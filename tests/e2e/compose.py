@@ -46,7 +46,7 @@ from typing import Any
 
 import yaml
 
-from tests.procs import group_members
+from loadtests.harness import group_members
 
 ROOT = Path(__file__).resolve().parents[2]
 VENV_BIN = Path(sys.executable).parent

@@ -26,9 +26,9 @@ from pathlib import Path
 import httpx
 import pytest
 
+from loadtests.harness import cmdline, group_members
 from tests.conftest import free_port, wait_until
 from tests.leakscan import remember
-from tests.procs import cmdline, group_members
 
 ROOT = Path(__file__).resolve().parents[2]
 _SCRIPT = Path(sys.executable).parent / "duckcast"

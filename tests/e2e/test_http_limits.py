@@ -10,9 +10,9 @@ from collections.abc import Iterator
 
 import pytest
 
+from loadtests.harness import children, rss_bytes
 from tests.conftest import free_port, wait_until
 from tests.e2e.conftest import Deployment, DuckcastProcess, is_gunicorn
-from tests.procs import children, rss_bytes
 
 pytestmark = pytest.mark.e2e
 

@@ -17,6 +17,7 @@ import pytest
 from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.parser import text_string_to_metric_families
 
+from loadtests.harness import children
 from tests.conftest import RedisServer, wait_until
 from tests.e2e.conftest import (
     Deployment,
@@ -27,7 +28,6 @@ from tests.e2e.conftest import (
     list_all,
     register_and_login,
 )
-from tests.procs import children
 
 pytestmark = pytest.mark.e2e
 

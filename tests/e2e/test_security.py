@@ -18,13 +18,13 @@ from pathlib import Path
 import httpx
 import pytest
 
+from loadtests.harness import children
 from service.api.auth import TokenSigner
 from service.keys import SECRET_FILE_NAME, derive
 from service.pb import store_pb2 as spb
 from service.storeclient.protocol import encode_frame
 from tests.conftest import RedisServer, free_port
 from tests.e2e.conftest import DUCKCAST, ROOT, Deployment, is_gunicorn, register_and_login
-from tests.procs import children
 
 pytestmark = pytest.mark.e2e
 

@@ -15,9 +15,9 @@ from dataclasses import dataclass, field
 import httpx
 import pytest
 
+from loadtests.harness import children
 from tests.conftest import RedisServer, wait_until
 from tests.e2e.conftest import Deployment, DuckcastProcess, is_store, list_all, register_and_login
-from tests.procs import children
 
 pytestmark = pytest.mark.e2e
 

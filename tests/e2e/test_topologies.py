@@ -12,6 +12,7 @@ import time
 import httpx
 import pytest
 
+from loadtests.harness import alive, children, cmdline, descendants
 from tests.conftest import RedisServer, free_port, wait_until
 from tests.e2e.conftest import (
     DUCKCAST,
@@ -21,7 +22,6 @@ from tests.e2e.conftest import (
     is_store,
     register_and_login,
 )
-from tests.procs import alive, children, cmdline, descendants
 
 pytestmark = pytest.mark.e2e
 

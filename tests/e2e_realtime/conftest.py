@@ -1,5 +1,5 @@
-"""Realtime e2e fixtures: `duckcast serve --workers 3` against a private redis-server, plus
-/proc helpers to find gunicorn's workers, their memory, and which worker holds which client.
+"""Realtime e2e fixtures: `duckcast serve --workers 3` against a private redis-server; gunicorn's
+workers, their memory, and which worker holds which client come from loadtests/harness.py.
 
 The service runs in its own process group (teardown reaches the supervisor, the store, the
 gunicorn master and its workers); its output goes to files under the test's tmp_path.
@@ -24,44 +24,20 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.conftest import RedisServer, free_port, wait_until
+from loadtests.harness import (
+    RedisServer,
+    children,
+    cmdline,
+    free_port,
+    group_members,
+    rss_bytes,
+    tcp_peers,
+)
+from tests.conftest import wait_until
 from tests.leakscan import remember
-from tests.procs import children, cmdline, group_members
 
 ROOT = Path(__file__).resolve().parents[2]
 WORKERS = 3
-
-
-def rss_kib(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1])
-    raise AssertionError(f"no VmRSS for {pid}")
-
-
-def _socket_inodes(pid: int) -> set[str]:
-    inodes = set()
-    fd_dir = Path(f"/proc/{pid}/fd")
-    with contextlib.suppress(FileNotFoundError, ProcessLookupError):
-        for fd in fd_dir.iterdir():
-            with contextlib.suppress(OSError):
-                target = os.readlink(fd)
-                if target.startswith("socket:["):
-                    inodes.add(target[8:-1])
-    return inodes
-
-
-def established_peers(server_port: int) -> dict[str, int]:
-    """inode -> remote (client) port of every ESTABLISHED TCP socket whose local port is ours."""
-    peers = {}
-    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
-        with contextlib.suppress(FileNotFoundError):
-            for line in Path(table).read_text().splitlines()[1:]:
-                f = line.split()
-                local, remote, state, inode = f[1], f[2], f[3], f[9]
-                if state == "01" and int(local.rsplit(":", 1)[1], 16) == server_port:
-                    peers[inode] = int(remote.rsplit(":", 1)[1], 16)
-    return peers
 
 
 # -- the service ------------------------------------------------------------------------------
@@ -157,16 +133,11 @@ class Service:
         return children(self.master())
 
     def rss_kib(self) -> dict[int, int]:
-        return {pid: rss_kib(pid) for pid in self.workers()}
+        return {pid: rss_bytes(pid) // 1024 for pid in self.workers()}
 
     def worker_of_ports(self) -> dict[int, int]:
         """client port -> pid of the worker holding that connection."""
-        peers = established_peers(self.port)
-        owner = {}
-        for pid in self.workers():
-            for inode in _socket_inodes(pid) & peers.keys():
-                owner[peers[inode]] = pid
-        return owner
+        return {port: pid for pid in self.workers() for port in tcp_peers(pid, self.port)}
 
     def stop(self) -> None:
         """SIGTERM the whole group, SIGKILL what is left after a grace period."""

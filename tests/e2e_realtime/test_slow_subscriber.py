@@ -12,6 +12,7 @@ from collections.abc import Callable
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from loadtests.harness import children
 from tests.e2e_realtime.clients import (
     Account,
     StalledClient,
@@ -24,7 +25,6 @@ from tests.e2e_realtime.clients import (
     until,
 )
 from tests.e2e_realtime.conftest import Service
-from tests.procs import children
 
 pytestmark = pytest.mark.e2e
 

@@ -12,12 +12,11 @@ from collections.abc import Callable
 
 import pytest
 
+from loadtests.harness import children, tcp_peers
 from service.client import AsyncClient, Transport
 from service.pb import duckcast_pb2 as pb
 from tests.e2e.client.conftest import Account
 from tests.e2e.conftest import DuckcastProcess, is_gunicorn
-from tests.e2e_realtime.conftest import _socket_inodes, established_peers
-from tests.procs import children
 
 pytestmark = pytest.mark.e2e
 
@@ -32,10 +31,9 @@ def worker_holding_the_stream(service: DuckcastProcess) -> int:
     """The gunicorn worker holding the one open connection to the service: the stream (every
     other client of the test is closed by now, and nothing else talks to this port)."""
     assert service.port is not None
-    connections = established_peers(service.port).keys()  # server-side socket inodes
-    holders = {pid for pid in workers(service) if _socket_inodes(pid) & connections}
-    assert len(connections) == 1 and len(holders) == 1, (len(connections), holders)
-    return holders.pop()
+    held = [(pid, port) for pid in workers(service) for port in tcp_peers(pid, service.port)]
+    assert len(held) == 1, held
+    return held[0][0]
 
 
 async def until(predicate: Callable[[], bool], what: str, within: float = 30.0) -> None:

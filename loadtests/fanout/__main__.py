@@ -1,0 +1,5 @@
+import sys
+
+from loadtests.fanout.cli import main
+
+sys.exit(main())
