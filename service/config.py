@@ -74,8 +74,13 @@ class Settings(BaseSettings):
     miss_cache_entries: int = Field(default=10_000, ge=0)
     page_cache_bytes: int = Field(default=16 * MiB, ge=0)
     event_retention: int = Field(default=100_000, ge=100)  # events kept for resume
-    # Events a subscriber may fall behind before it is dropped (it resumes with its last id).
-    subscriber_buffer: int = Field(default=1000, ge=1)
+    # Each worker keeps its newest events, encoded, in one ring bounded by count and by memory;
+    # a subscriber behind the ring pages from the store's event log instead.
+    stream_ring_events: int = Field(default=10_000, ge=1)
+    stream_ring_mib: int = Field(default=64, ge=1)
+    # A subscriber whose socket write has been blocked this long while its position fell out
+    # of the ring is dropped (SSE `event: overflow`, WebSocket 4008); it resumes from its seq.
+    stream_stall_seconds: float = Field(default=2.0, gt=0, le=300)
     # Subscribers are woken at most once per this interval, with everything committed since:
     # fewer, larger writes per connection for a few ms of latency. 0 wakes them at once.
     stream_flush_ms: float = Field(default=10.0, ge=0, le=1000)

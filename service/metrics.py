@@ -40,10 +40,10 @@ HTTP_BUCKETS = (*LATENCY_BUCKETS, 10, 30)
 LAG_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
 TRANSPORTS = ("sse", "ws")
 # Why the server ended a change stream (`duckcast_stream_closes_total{reason}`):
-# client: the client went away; overflow: too slow (DUCKCAST_SUBSCRIBER_BUFFER);
+# client: the client went away; overflow: too slow (DUCKCAST_STREAM_STALL_SECONDS);
 # shutdown: the worker is stopping; expired: its token expired or was revoked;
-# error: the store failed during replay.
-CLOSE_REASONS = ("client", "overflow", "shutdown", "expired", "error")
+# error: the store failed during replay; policy: a WebSocket client sent a message.
+CLOSE_REASONS = ("client", "overflow", "shutdown", "expired", "error", "policy")
 # The 5xx a worker answers, created per route: 500 a bug; 503 store unreachable or slow (the
 # write was not applied); 504 the store stopped while committing it (in doubt).
 SERVER_ERRORS = ("500", "503", "504")

@@ -26,8 +26,8 @@ from service.backplane import Backplane, backplane_from_url
 from service.config import Settings
 from service.keys import Keys, load_keys
 from service.metrics import preinitialise_routes
-from service.realtime.hub import Hub
 from service.realtime.relay import EventRelay
+from service.realtime.ring import Ring
 from service.storeclient import StoreClient, connect_store
 
 logger = logging.getLogger(__name__)
@@ -48,13 +48,19 @@ def create_app(
     store = store or connect_store(settings, backplane, keys.store)
     revoked = RevokedTokens()
     revocations = RevocationSync(store, revoked, settings.revocation_poll_ms / 1000)
-    hub = Hub(maxsize=settings.subscriber_buffer, flush_interval=settings.stream_flush_ms / 1000)
+    ring = Ring(
+        settings.stream_ring_events,
+        settings.stream_ring_mib * 1024 * 1024,
+        store=store,
+        flush_interval=settings.stream_flush_ms / 1000,
+        stall_seconds=settings.stream_stall_seconds,
+    )
     poll = 1.0
     if settings.store_url and not settings.redis_url:
         # Nobody publishes to this worker: it can only learn of changes by asking the store.
         logger.warning("no REDIS_URL: change events reach this worker by polling the store")
         poll = 0.1
-    relay = EventRelay(backplane, store, hub, poll_interval=poll)
+    relay = EventRelay(backplane, store, ring, poll_interval=poll)
     failures = RedisCounts(settings.redis_url) if settings.redis_url else MemoryCounts()
     throttle = LoginThrottle(
         failures,
@@ -73,13 +79,13 @@ def create_app(
         await store.start()  # embedded mode: also the store's outbox publisher
         await relay.start()
         await revocations.start()
-        restore_signals = _end_streams_on_signal(hub)
+        restore_signals = _end_streams_on_signal(ring)
         try:
             yield
         finally:
             # shutdown: end streams, stop consuming events, then release the store
             restore_signals()
-            hub.close()
+            ring.close()
             await revocations.close()
             await relay.close()
             await store.close()
@@ -98,7 +104,7 @@ def create_app(
     )
     app.state.settings = settings
     app.state.store = store
-    app.state.hub = hub
+    app.state.ring = ring
     app.state.keys = keys
     app.state.signer = TokenSigner(keys.token, settings.token_ttl_seconds)
     app.state.revoked = revoked
@@ -188,7 +194,7 @@ def _utf8(raw: bytes) -> bool:
     return True
 
 
-def _end_streams_on_signal(hub: Hub) -> Callable[[], None]:
+def _end_streams_on_signal(ring: Ring) -> Callable[[], None]:
     """On SIGTERM/SIGINT, end SSE streams and close WebSockets at once.
 
     uvicorn stops accepting and waits for open responses to finish, but an event stream never
@@ -203,7 +209,7 @@ def _end_streams_on_signal(hub: Hub) -> Callable[[], None]:
         prev = signal.getsignal(sig)
 
         def handler(signum: int, frame: object, prev: object = prev) -> None:
-            loop.call_soon_threadsafe(hub.close)
+            loop.call_soon_threadsafe(ring.close)
             if callable(prev):
                 prev(signum, frame)
 

@@ -19,7 +19,7 @@ from service.backplane import RESUBSCRIBED, Backplane
 from service.errors import DuckcastError
 from service.pb import duckcast_pb2 as pb
 from service.pb import store_pb2 as spb
-from service.realtime.hub import Hub
+from service.realtime.ring import Ring
 from service.storeclient import StoreClient
 
 logger = logging.getLogger(__name__)
@@ -29,7 +29,7 @@ REPAIR_PAGE = 1000  # events per store call and per hub publish
 
 class EventRelay:
     def __init__(
-        self, backplane: Backplane, store: StoreClient, hub: Hub, poll_interval: float = 1.0
+        self, backplane: Backplane, store: StoreClient, hub: Ring, poll_interval: float = 1.0
     ) -> None:
         self._backplane = backplane
         self._store = store
@@ -60,7 +60,7 @@ class EventRelay:
         # Start from the store's current seq; the first RESUBSCRIBED repairs anything after it.
         while not self.started.is_set():
             try:
-                self._hub.seq = await self._store.ping()
+                self._hub.start(await self._store.ping())
                 self.started.set()
             except DuckcastError as exc:
                 logger.warning("event relay waiting for the store: %s", exc)

@@ -1,54 +1,82 @@
-"""One subscriber's event sequence: replay from the store's log, then live from the hub,
-with no gap and no duplicate at the seam.
+"""One subscriber's stream: move its cursor from where it is to the ring's head, then wait.
 
-The subscription is registered with the hub first, so live events start buffering at `start`
-(the hub's seq at that moment); the replay covers (since, start] from the event log; live
-events at or below the last seq sent are dropped.
+Whether the cursor starts at a client's Last-Event-ID, at the head (a new client), far behind
+(a slow reader) or below the ring (a resume after a worker start), the loop is the same: take
+the events after the cursor from the ring, or from the store's log if the ring no longer holds
+them, send them, advance the cursor past them. Each event is sent once: the cursor only moves
+forward, to the last seq sent (or skipped by the filters).
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import time
+from collections.abc import Awaitable, Callable
 
-from service.realtime.hub import EncodedEvent, Subscription, reset_event
-from service.storeclient import StoreClient
+from service.realtime.ring import Closed, Cursor, EncodedEvent, Ring, reset_event
 
-REPLAY_PAGE = 2000
+# Events taken from the ring per write: bounds a write when a cursor is far behind.
+RING_BATCH = 1000
+
+Write = Callable[[list[EncodedEvent], bool], Awaitable[None]]
 
 
-async def events_for(
-    sub: Subscription, start: int, since: int | None, store: StoreClient
-) -> AsyncIterator[list[EncodedEvent]]:
-    """Batches of events to send, in seq order; [] means "send a keep-alive"."""
-    last = start if since is None else since
-    if last > start:
-        # Ahead of this worker: fine if another worker has already delivered it (we will
-        # catch up), but an id the store never issued (another deployment, a restored
-        # backup) would otherwise wait in silence forever.
-        page = await store.events_since(last, 1)
-        if page.reset:
-            yield [reset_event(start)]
-            last = start
-    while last < start:
-        page = await store.events_since(last, REPLAY_PAGE)
-        if page.reset:
-            yield [reset_event(start)]
-            last = start
-            break
-        events = [e for e in page.events if e.seq <= start]
-        if not events:
-            break
-        last = events[-1].seq
-        filters = sub.filters
-        yield [enc for enc in map(EncodedEvent, events) if filters is None or filters.match(enc)]
+async def deliver(
+    ring: Ring, cursor: Cursor, write: Write, keepalive: Callable[[], Awaitable[None]]
+) -> None:
+    """Runs until the cursor is dropped (raises Closed). `write(events, live)` sends a batch
+    (live: from the ring, so the delivery lag is meaningful); the store's errors propagate."""
+    if cursor.seq > ring.seq:
+        await _check_ahead(ring, cursor, write)
+    tick = ring.ticks
     while True:
-        batch = await sub.next_batch()
-        if not batch:
-            yield []
+        if cursor.reason is not None:
+            raise Closed(cursor.reason)
+        if cursor.seq < ring.seq:
+            events = ring.after(cursor.seq, RING_BATCH)
+            live = events is not None
+            if events is None:
+                page = await ring.pages.after(cursor.seq)
+                if page.reset:
+                    # The log no longer reaches back to the cursor: the client reloads.
+                    resume_at = max(ring.first - 1, cursor.seq)
+                    await _send(cursor, write, [reset_event(resume_at)], False)
+                    cursor.seq = resume_at
+                    continue
+                events = page.events
+            if not events:  # the log behind the ring, or a ring restarted: do not spin
+                await ring.wait()
+                continue
+            last = events[-1].seq
+            filters = cursor.filters
+            if filters is not None:
+                events = [ev for ev in events if filters.match(ev)]
+            if events:
+                await _send(cursor, write, events, live)
+            cursor.seq = last
             continue
-        if batch[-1].seq <= last:
-            continue
-        if batch[0].seq <= last:
-            batch = [ev for ev in batch if ev.seq > last]
-        last = batch[-1].seq
-        yield batch
+        await ring.wait()
+        if ring.ticks != tick:
+            tick = ring.ticks
+            if cursor.seq >= ring.seq and cursor.reason is None:
+                await keepalive()
+
+
+async def _send(cursor: Cursor, write: Write, events: list[EncodedEvent], live: bool) -> None:
+    # `sending` tells the ring's sweep this stream is blocked on its socket, and since when.
+    cursor.sending = time.monotonic()
+    try:
+        await write(events, live)
+    finally:
+        cursor.sending = 0.0
+
+
+async def _check_ahead(ring: Ring, cursor: Cursor, write: Write) -> None:
+    """A cursor ahead of this worker's ring is fine if another worker already delivered up to
+    it (this one will catch up), but a seq the store never issued (another deployment, a
+    restored backup) would otherwise wait in silence forever: send `reset` instead."""
+    if ring.pages.store is None:
+        return
+    batch = await ring.pages.store.events_since(cursor.seq, 1)
+    if batch.reset:
+        await _send(cursor, write, [reset_event(ring.seq)], False)
+        cursor.seq = ring.seq

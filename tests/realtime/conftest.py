@@ -27,6 +27,7 @@ from service.api.app import create_app
 from service.backplane.memory import MemoryBackplane
 from service.config import Settings
 from service.pb import duckcast_pb2 as pb
+from service.realtime.ring import EncodedEvent, Ring
 from service.store.engine import StoreEngine
 from service.storeclient.inprocess import InProcessStoreClient
 from tests.conftest import free_port
@@ -102,9 +103,13 @@ class Live:
         return httpx.AsyncClient(base_url=self.url, timeout=TIMEOUT)
 
     @property
-    def hub_seq(self) -> int:
-        seq: int = self.app.state.hub.seq
-        return seq
+    def ring(self) -> Ring:
+        ring: Ring = self.app.state.ring
+        return ring
+
+    @property
+    def ring_seq(self) -> int:
+        return self.ring.seq
 
 
 @contextlib.asynccontextmanager
@@ -125,7 +130,7 @@ async def serve(settings: Settings) -> AsyncIterator[Live]:
     finally:
         # End any stream a failing test left open (uvicorn waits for open responses), then
         # let uvicorn run the lifespan shutdown.
-        app.state.hub.close()
+        app.state.ring.close()
         server.should_exit = True
         async with asyncio.timeout(TIMEOUT):
             await task
@@ -259,9 +264,9 @@ async def open_sse(
 
 
 async def settled(live: Live) -> int:
-    """The store's seq, once the hub has delivered everything up to it."""
+    """The store's seq, once the ring has received everything up to it."""
     seq: int = await live.app.state.store.ping()
-    await until(lambda: live.hub_seq >= seq, what=f"hub reaches seq {seq}")
+    await until(lambda: live.ring_seq >= seq, what=f"ring reaches seq {seq}")
     return seq
 
 
@@ -326,4 +331,23 @@ async def recv_json(ws: ClientConnection) -> dict[str, Any]:
 
 async def subscribed(live: Live, count: int) -> None:
     """The server has registered `count` subscriptions (the handshake alone does not say so)."""
-    await until(lambda: len(live.app.state.hub) == count, what=f"{count} subscribers")
+    await until(lambda: len(live.ring) == count, what=f"{count} subscribers")
+
+
+class RingReader:
+    """Every event appended to a ring, in order, read as a stream would (for tests of the
+    ring's producer; the ring must be large enough to hold what the test writes)."""
+
+    def __init__(self, ring: Ring, seq: int = 0) -> None:
+        self.ring = ring
+        self.seq = seq
+
+    async def next_batch(self, wait: float = TIMEOUT) -> list[EncodedEvent]:
+        async with asyncio.timeout(wait):
+            while True:
+                events = self.ring.after(self.seq, 1_000_000)
+                assert events is not None, f"events after {self.seq} left the ring"
+                if events:
+                    self.seq = events[-1].seq
+                    return events
+                await self.ring.wait()

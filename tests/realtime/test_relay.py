@@ -16,11 +16,11 @@ from service.backplane.memory import MemoryBackplane
 from service.backplane.redis import RedisBackplane
 from service.pb import duckcast_pb2 as pb
 from service.pb import store_pb2 as spb
-from service.realtime.hub import Filters, Hub, Subscription
 from service.realtime.relay import EventRelay
+from service.realtime.ring import Ring
 from service.storeclient.inprocess import InProcessStoreClient
 from tests.conftest import RedisServer
-from tests.realtime.conftest import TIMEOUT, until
+from tests.realtime.conftest import TIMEOUT, RingReader, until
 
 NEVER = 3600.0  # a poll interval that never fires during a test: isolates the other paths
 
@@ -28,9 +28,9 @@ NEVER = 3600.0  # a poll interval that never fires during a test: isolates the o
 @contextlib.asynccontextmanager
 async def relaying(
     backplane: Backplane, store: InProcessStoreClient, poll_interval: float = NEVER
-) -> AsyncIterator[tuple[EventRelay, Hub, Subscription]]:
-    hub = Hub(maxsize=100_000)
-    sub = hub.subscribe(Filters(), "test")
+) -> AsyncIterator[tuple[EventRelay, Ring, RingReader]]:
+    hub = Ring(max_events=100_000)
+    sub = RingReader(hub)
     relay = EventRelay(backplane, store, hub, poll_interval=poll_interval)
     await relay.start()
     try:
@@ -59,7 +59,7 @@ async def batch(store: InProcessStoreClient, after: int, upto: int) -> bytes:
     return spb.EventBatch(events=events, last_seq=upto).SerializeToString()
 
 
-async def received_until(sub: Subscription, last: int, got: list[int]) -> list[int]:
+async def received_until(sub: RingReader, last: int, got: list[int]) -> list[int]:
     async with asyncio.timeout(TIMEOUT):
         while not got or got[-1] < last:
             got.extend(ev.seq for ev in await sub.next_batch(TIMEOUT))
@@ -163,7 +163,7 @@ async def test_close_returns_promptly_while_subscribing(
     hung: list[int] = []
     for turns in [t for _ in range(3) for t in range(12)]:
         backplane = RedisBackplane(redis_server.url)
-        relay = EventRelay(backplane, store, Hub(), poll_interval=NEVER)
+        relay = EventRelay(backplane, store, Ring(), poll_interval=NEVER)
         await relay.start()
         for _ in range(turns):
             await asyncio.sleep(0)

@@ -41,7 +41,7 @@ async def test_hub_close_ends_sse_and_closes_websocket_1012(live: Live) -> None:
         await sse.expect("connected")
         await subscribed(live, 2)
 
-        live.app.state.hub.close()
+        live.ring.close()
 
         async with asyncio.timeout(2):
             assert await sse.next() is None
@@ -50,7 +50,7 @@ async def test_hub_close_ends_sse_and_closes_websocket_1012(live: Live) -> None:
                 await recv(ws)
         assert closed.value.rcvd is not None, "no close frame"
         assert closed.value.rcvd.code == 1012
-    assert len(live.app.state.hub) == 0
+    assert len(live.ring) == 0
 
 
 async def test_sigterm_with_an_sse_client_exits_0_promptly_after_lifespan_shutdown(

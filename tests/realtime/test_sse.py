@@ -213,7 +213,7 @@ async def test_requires_credentials(live: Live) -> None:
         assert r.status_code == 401
         r = await http.get("/api/events", params={"token": "nope"})
         assert r.status_code == 401
-    assert len(live.app.state.hub) == 0
+    assert len(live.ring) == 0
 
 
 @pytest.mark.parametrize("how", ["bearer", "cookie", "query"])

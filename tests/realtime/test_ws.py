@@ -114,18 +114,24 @@ async def test_refused_without_credentials(live: Live) -> None:
                 assert closed.value.rcvd is not None and closed.value.rcvd.code == 4401
         except InvalidStatus as refused:
             assert refused.response.status_code in (401, 403)
-    assert len(live.app.state.hub) == 0
+    assert len(live.ring) == 0
 
 
 async def test_slow_subscriber_closed_4008_fast_one_gets_everything(tmp_path: Path) -> None:
-    """A subscriber that stops reading falls behind once the TCP buffers are full; after
-    `subscriber_buffer` more events the hub drops it (memory stays bounded) and, once its
-    socket drains, it is closed with 4008 after an in-order prefix of the events. A concurrent
-    subscriber that keeps reading receives every event, in order, unaffected."""
-    settings = Settings(data_dir=tmp_path / "d", environment="development", subscriber_buffer=20)
+    """A subscriber that stops reading falls behind once the TCP buffers are full; once its
+    position has left the ring (20 events here) while its send stayed blocked for
+    `stream_stall_seconds`, the ring's sweep drops it and, once its socket drains, it is closed
+    with 4008 after an in-order prefix of the events. A concurrent subscriber that keeps
+    reading receives every event, in order, unaffected."""
+    settings = Settings(
+        data_dir=tmp_path / "d",
+        environment="development",
+        stream_ring_events=20,
+        stream_stall_seconds=0.5,
+    )
     async with serve(settings) as live:
         alice = await live.user("alice")
-        hub = live.app.state.hub
+        hub = live.ring
         start = await settled(live)
         # A small receive buffer and a one-frame queue make "stops reading" bite soon.
         sock = socket.socket()
@@ -146,8 +152,8 @@ async def test_slow_subscriber_closed_4008_fast_one_gets_everything(tmp_path: Pa
 
             reader = asyncio.create_task(read_fast())
             try:
-                # 8 events of 9 kB (incompressible) per commit: fewer than subscriber_buffer, so
-                # a subscriber that keeps reading is never 20 behind
+                # 8 events of 9 kB (incompressible) per commit: fewer than the ring holds, so
+                # a subscriber that keeps reading never leaves it
                 big = [
                     {"title": f"big {n}", "description": secrets.token_hex(4500)} for n in range(8)
                 ]

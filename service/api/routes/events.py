@@ -8,8 +8,8 @@ documents the SSE endpoint in OpenAPI and calls the same handler.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
+import time
 from collections.abc import Callable, Mapping
 from typing import Annotated, Any, Literal
 
@@ -18,12 +18,13 @@ from starlette.requests import HTTPConnection, Request
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
+from service.api.connection import connection, release
 from service.api.deps import stream_session
 from service.api.errors import error_response
-from service.errors import DuckcastError, Invalid
-from service.metrics import DELIVERIES
-from service.realtime.hub import Filters, Hub, Subscription, SubscriptionClosed
-from service.realtime.stream import events_for
+from service.errors import DuckcastError, Invalid, StoreUnavailable
+from service.metrics import DELIVERIES, DELIVERY_LAG
+from service.realtime.ring import Closed, EncodedEvent, Filters, Ring
+from service.realtime.stream import deliver
 from service.storeclient import StoreClient
 from service.wire import INT64_MAX, STATUSES, bounded_int
 
@@ -36,8 +37,9 @@ WS_UNAUTHORIZED = 4401
 WS_POLICY = 1008  # invalid query parameters, or the client sent messages on this socket
 SERVICE_RESTART = 1012  # this worker is shutting down; reconnect (to another worker)
 STORE_GONE = 1011
+NOT_READY = 1013  # this worker has not yet learned the store's seq; retry
 MAX_SEQ = 2**62
-CLIENT_MESSAGES_ALLOWED = 64  # clients have nothing to say here; a flood is closed (1008)
+SSE_CHUNK = 256 * 1024  # bytes per socket write, at most (one event may exceed it)
 
 SSE_DELIVERIES = DELIVERIES.labels("sse")
 WS_DELIVERIES = DELIVERIES.labels("ws")
@@ -69,112 +71,106 @@ def _filters(query: Mapping[str, str]) -> Filters:
     return Filters(_int("owner_id", query.get("owner_id"), 1, INT64_MAX), status)
 
 
-class _Client:
-    """What a stream can learn of its client's connection without a task of its own.
-
-    Under uvicorn, `send` is a method of the connection object, whose `disconnected` flag says
-    the client has gone and whose `transport.abort()` ends a client that stopped reading (a
-    send blocked on it would otherwise hold the worker). Elsewhere a watcher task reads
-    `receive` for the disconnect and a dropped stream's task is cancelled.
-    """
-
-    def __init__(self, send: Send, receive: Receive, sub: Subscription) -> None:
-        conn = getattr(send, "__self__", None)
-        transport = getattr(conn, "transport", None)
-        self._watcher: asyncio.Task[None] | None = None
-        if transport is not None and isinstance(getattr(conn, "disconnected", None), bool):
-            self._conn: Any = conn
-            sub.on_abort(transport.abort)
-        else:
-            self._conn = None
-            self._watcher = asyncio.create_task(_watch_disconnect(receive, sub))
-            task = asyncio.current_task()
-            assert task is not None
-            sub.on_abort(task.cancel)
-
-    def gone(self) -> bool:
-        return self._conn is not None and bool(self._conn.disconnected)
-
-    def flooding(self) -> bool:
-        queue = getattr(self._conn, "queue", None)
-        return queue is not None and queue.qsize() > CLIENT_MESSAGES_ALLOWED
-
-    def close(self) -> None:
-        if self._watcher is not None:
-            self._watcher.cancel()
-
-
-async def _watch_disconnect(receive: Receive, sub: Subscription) -> None:
-    while (await receive())["type"] not in ("http.disconnect", "websocket.disconnect"):
-        pass
-    sub.close("disconnected")
-
-
-def _context(scope: Scope) -> tuple[Hub, StoreClient]:
+def _context(scope: Scope) -> tuple[Ring, StoreClient]:
     state = scope["app"].state
-    return state.hub, state.store
+    return state.ring, state.store
+
+
+def _observe_lag(transport: str) -> Callable[[EncodedEvent], None]:
+    histogram = DELIVERY_LAG.labels(transport)
+
+    def observe(ev: EncodedEvent) -> None:
+        if ev.commit_time:
+            histogram.observe(max(0.0, time.time() - ev.commit_time))
+
+    return observe
+
+
+SSE_LAG = _observe_lag("sse")
+WS_LAG = _observe_lag("ws")
 
 
 async def sse_stream(scope: Scope, receive: Receive, send: Send) -> None:
     request = Request(scope)
+    ring, _ = _context(scope)
     try:
         stream_session(request)
         query = request.query_params
         filters = _filters(query)
         resume = request.headers.get("last-event-id") or query.get("last_event_id")
         since = _int("Last-Event-ID", resume, 0, MAX_SEQ)
+        if not ring.started:
+            raise StoreUnavailable("the event stream is not ready yet; retry")
     except DuckcastError as exc:
         await error_response(request, exc)(scope, receive, send)
         return
-    hub, store = _context(scope)
-    sub = hub.subscribe(filters, "sse")
-    start = hub.seq
-    client = _Client(send, receive, sub)
+    conn = connection(send, receive)
+    cursor = ring.subscribe(since, filters, "sse", conn)
+    ending = "client"
 
     async def body(chunk: bytes, more: bool = True) -> None:
         await send({"type": "http.response.body", "body": chunk, "more_body": more})
 
+    async def write(events: list[EncodedEvent], live: bool) -> None:
+        # One socket write per wake-up, in chunks of at most SSE_CHUNK bytes.
+        i, n = 0, len(events)
+        while i < n:
+            j, size, parts = i, 0, []
+            while j < n and (size < SSE_CHUNK or j == i):
+                part = events[j].sse
+                parts.append(part)
+                size += len(part)
+                j += 1
+            cursor.sending = time.monotonic()
+            await body(b"".join(parts))
+            SSE_DELIVERIES.inc(j - i)
+            if live:
+                SSE_LAG(events[i])
+            cursor.seq = events[j - 1].seq
+            i = j
+
+    async def keepalive() -> None:
+        await body(KEEPALIVE_COMMENT)
+
     try:
         await send({"type": "http.response.start", "status": 200, "headers": SSE_HEADERS})
-        await body(b'retry: %d\nevent: connected\ndata: {"seq": %d}\n\n' % (RETRY_MS, start))
+        await body(b'retry: %d\nevent: connected\ndata: {"seq": %d}\n\n' % (RETRY_MS, ring.seq))
         try:
-            async for batch in events_for(sub, start, since, store):
-                if client.gone():
-                    return
-                if batch:
-                    await body(b"".join([ev.sse for ev in batch]))
-                    SSE_DELIVERIES.inc(len(batch))
-                else:
-                    await body(KEEPALIVE_COMMENT)
-        except SubscriptionClosed as closed:
+            await deliver(ring, cursor, write, keepalive)
+        except Closed as closed:
             if closed.reason == "overflow":
                 await body(OVERFLOW_EVENT)
         except DuckcastError as exc:  # the store went away during replay
+            ending = "error"
             await body(b"event: error\ndata: %s\n\n" % exc.message.encode())
-        if not client.gone() and sub.reason != "disconnected":
+        if not conn.gone():
             await body(b"", more=False)
     except OSError:
         pass  # the client is gone
     finally:
-        sub.close("disconnected")
-        sub.finish()
-        client.close()
+        ring.finish(cursor, ending)
+        release(conn)
 
 
 async def ws_stream(scope: Scope, receive: Receive, send: Send) -> None:
     if (await receive())["type"] != "websocket.connect":
         return
+    ring, _ = _context(scope)
+    if not ring.started:
+        # Accepted first, as below: a browser sees close codes, not a refused handshake.
+        await send({"type": "websocket.accept"})
+        await send({"type": "websocket.close", "code": NOT_READY, "reason": "not ready yet"})
+        return
     await send({"type": "websocket.accept"})
-    conn = HTTPConnection(scope)
+    conn_info = HTTPConnection(scope)
     try:
-        stream_session(conn)
+        stream_session(conn_info)
     except DuckcastError:
-        # Accepted first: a browser sees close codes, never the status of a refused handshake.
         await send(
             {"type": "websocket.close", "code": WS_UNAUTHORIZED, "reason": "not authenticated"}
         )
         return
-    query = conn.query_params
+    query = conn_info.query_params
     try:
         filters = _filters(query)
         since = _int("since", query.get("since"), 0, MAX_SEQ)
@@ -184,43 +180,46 @@ async def ws_stream(scope: Scope, receive: Receive, send: Send) -> None:
     except DuckcastError as exc:
         await send({"type": "websocket.close", "code": WS_POLICY, "reason": exc.message[:120]})
         return
-    hub, store = _context(scope)
-    sub = hub.subscribe(filters, "ws")
-    start = hub.seq
-    client = _Client(send, receive, sub)
+    conn = connection(send, receive)
+    cursor = ring.subscribe(since, filters, "ws", conn)
     as_json = wire == "json"
-    code, reason = 1000, ""
+    code, reason, ending = 1000, "", "client"
+
+    async def write(events: list[EncodedEvent], live: bool) -> None:
+        for ev in events:
+            cursor.sending = time.monotonic()
+            if as_json:
+                await send({"type": "websocket.send", "text": ev.json})
+            else:
+                await send({"type": "websocket.send", "bytes": ev.proto})
+            cursor.seq = ev.seq
+        WS_DELIVERIES.inc(len(events))
+        if live:
+            WS_LAG(events[0])
+
+    async def keepalive() -> None:
+        pass  # WebSocket servers ping on their own
+
     try:
-        async for batch in events_for(sub, start, since, store):
-            if client.gone():
-                break
-            if client.flooding():
-                code, reason = WS_POLICY, "clients send nothing on this socket"
-                break
-            for ev in batch:
-                if as_json:
-                    await send({"type": "websocket.send", "text": ev.json})
-                else:
-                    await send({"type": "websocket.send", "bytes": ev.proto})
-            if batch:
-                WS_DELIVERIES.inc(len(batch))
-    except SubscriptionClosed as closed:
+        await deliver(ring, cursor, write, keepalive)
+    except Closed as closed:
         if closed.reason == "overflow":
             code, reason = WS_OVERFLOW, "subscriber too slow; resume with ?since="
         elif closed.reason == "shutdown":
             code, reason = SERVICE_RESTART, "worker restarting; reconnect with ?since="
+        elif closed.reason == "policy":
+            code, reason = WS_POLICY, "clients send nothing on this socket"
     except OSError:
         pass  # the client went away mid-send
     except DuckcastError:
-        code, reason = STORE_GONE, "store unavailable; retry with ?since="
+        code, reason, ending = STORE_GONE, "store unavailable; retry with ?since=", "error"
     try:
-        sub.close("disconnected")
-        if not client.gone():
+        if not conn.gone():
             with contextlib.suppress(OSError, RuntimeError):
                 await send({"type": "websocket.close", "code": code, "reason": reason})
     finally:
-        sub.finish()
-        client.close()
+        ring.finish(cursor, ending)
+        release(conn)
 
 
 STREAMS: dict[tuple[str, str], Callable[[Scope, Receive, Send], Any]] = {

@@ -1,0 +1,466 @@
+"""Per-worker ring of change events indexed by seq, and the cursors that read it.
+
+The relay is the ring's only producer: it appends every committed event once, in seq order
+(after its gap repair). Each event is encoded at most once per wire format, on first use, and
+shared by every subscriber. A subscriber is a `Cursor`: the last seq it was sent. A stream
+sends what lies between its cursor and the ring's head, then waits on ONE wake-up shared by
+every subscriber of the worker; an idle subscriber therefore costs its cursor and its socket,
+with no task, queue or future of its own.
+
+The ring is bounded by count and by bytes. A cursor older than its oldest event pages from
+the store's event log (`LogPages`: bounded pages, shared by cursors reading the same range)
+and then joins the ring, so resume, worker start-up, replay after a reset and slow clients are
+one path. A periodic sweep, independent of traffic, drops a subscriber whose send has been
+blocked for `stall_seconds` while its cursor fell out of the ring (it resumes from its last
+seq), ends streams whose client has gone or has sent a WebSocket message, and aborts the
+connection of a dropped stream that is still blocked after a grace.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections import OrderedDict
+from typing import NamedTuple, Protocol
+
+import orjson
+
+from service.metrics import DROPPED, STREAM_CLOSES, STREAM_OPENS, SUBSCRIBERS
+from service.pb import duckcast_pb2 as pb
+from service.storeclient import StoreClient
+from service.wire import event_json, item_json
+
+logger = logging.getLogger(__name__)
+
+MiB = 1024 * 1024
+SSE_NAMES = {
+    pb.CREATED: "item_created",
+    pb.UPDATED: "item_updated",
+    pb.DELETED: "item_deleted",
+    pb.RESET: "reset",
+}
+# Memory an event costs in the ring, estimated from its protobuf size: the message object and
+# up to three encodings of about that size each, plus fixed overheads.
+EVENT_OVERHEAD = 600
+# Log pages: the first page asks for FIRST_PAGE events; later pages for as many as fit in
+# `page_bytes` at the largest event seen so far, never more than MAX_PAGE (1,000 events of the
+# largest item the store accepts are ~41 MB, under the store protocol's 64 MiB frame).
+FIRST_PAGE = 100
+MIN_PAGE = 16
+MAX_PAGE = 1000
+# A dropped stream that has not ended this long after (its send is blocked on a client that
+# stopped reading) has its connection aborted. After an overflow the client may still read
+# again and learn why it was dropped; at shutdown the worker must not wait for it.
+ABORT_GRACE = {"overflow": 60.0, "policy": 1.0, "shutdown": 1.0}
+
+
+class EncodedEvent:
+    """One event with its wire forms computed on first use and shared by every subscriber."""
+
+    __slots__ = ("_json", "_proto", "_sse", "commit_time", "event", "seq", "size")
+
+    def __init__(self, event: pb.DomainEvent) -> None:
+        self.event = event
+        self.seq = event.seq
+        self.size = event.ByteSize()
+        # The commit time, for the delivery-lag histogram: a create or update stamps the
+        # item's updated_at in the commit; a delete carries the item as it was (no stamp).
+        self.commit_time = (
+            event.item.updated_at.seconds + event.item.updated_at.nanos / 1e9
+            if event.type in (pb.CREATED, pb.UPDATED)
+            else 0.0
+        )
+        self._sse: bytes | None = None
+        self._json: str | None = None
+        self._proto: bytes | None = None
+
+    @property
+    def sse(self) -> bytes:
+        if self._sse is None:
+            ev = self.event
+            if ev.type == pb.DELETED:
+                data = orjson.dumps({"id": ev.deleted_id})
+            elif ev.type == pb.RESET:
+                data = orjson.dumps({"seq": ev.seq})
+            else:
+                data = orjson.dumps(item_json(ev.item))
+            name = SSE_NAMES[ev.type]
+            self._sse = b"id: %d\nevent: %s\ndata: %s\n\n" % (ev.seq, name.encode(), data)
+        return self._sse
+
+    @property
+    def json(self) -> str:
+        if self._json is None:
+            self._json = orjson.dumps(event_json(self.event)).decode()
+        return self._json
+
+    @property
+    def proto(self) -> bytes:
+        if self._proto is None:
+            self._proto = self.event.SerializeToString()
+        return self._proto
+
+
+def reset_event(seq: int) -> EncodedEvent:
+    return EncodedEvent(pb.DomainEvent(type=pb.RESET, seq=seq))
+
+
+class Filters(NamedTuple):
+    """The `owner_id` and `status` query filters, applied to each event a cursor passes."""
+
+    owner_id: int | None = None
+    status: str | None = None
+
+    def match(self, ev: EncodedEvent) -> bool:
+        if ev.event.type == pb.RESET:
+            return True
+        item = ev.event.item
+        if self.owner_id is not None and item.owner_id != self.owner_id:
+            return False
+        return self.status is None or item.status == self.status
+
+
+NO_FILTERS = Filters()
+
+
+class Connection(Protocol):
+    """What the ring needs of a subscriber's connection (service/api/connection.py adapts the
+    server's): a client that has gone, one that sent a message, and ending it by force."""
+
+    def gone(self) -> bool: ...
+
+    def client_sent(self) -> bool: ...
+
+    def abort(self) -> None: ...
+
+
+class Closed(Exception):
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+class Cursor:
+    """One subscriber: the last seq it was sent, and what the sweep needs to judge it."""
+
+    __slots__ = ("conn", "filters", "finished", "reason", "sending", "seq", "transport")
+
+    def __init__(
+        self, seq: int, filters: Filters | None, transport: str, conn: Connection | None
+    ) -> None:
+        self.seq = seq
+        self.filters = filters  # None: everything
+        self.transport = transport
+        self.conn = conn
+        self.sending = 0.0  # monotonic time the current socket write began; 0.0: not writing
+        self.reason: str | None = None  # why the stream must end (set once)
+        self.finished = False  # the stream's handler has returned
+
+
+class Page(NamedTuple):
+    events: list[EncodedEvent]
+    reset: bool  # the log no longer holds the events after the requested seq
+
+
+class LogPages:
+    """Pages of the store's event log for cursors older than the ring. Concurrent requests
+    for one page share one store call, and recent pages are kept (bounded by bytes), so N
+    clients resuming from 0 at once cost one pass over the log, not N."""
+
+    def __init__(self, store: StoreClient | None, page_bytes: int, cache_bytes: int) -> None:
+        self.store = store
+        self._page_bytes = page_bytes
+        self._cache_bytes = cache_bytes
+        self._limit = FIRST_PAGE
+        self._cache: OrderedDict[int, tuple[Page, int]] = OrderedDict()
+        self._cached = 0  # bytes held by _cache
+        self._fetching: dict[int, asyncio.Task[Page]] = {}
+
+    async def after(self, seq: int) -> Page:
+        hit = self._cache.get(seq)
+        if hit is not None:
+            self._cache.move_to_end(seq)
+            return hit[0]
+        task = self._fetching.get(seq)
+        if task is None:
+            task = self._fetching[seq] = asyncio.create_task(self._fetch(seq))
+            task.add_done_callback(lambda _: self._fetching.pop(seq, None))
+        return await asyncio.shield(task)  # one reader leaving must not cancel the others'
+
+    async def _fetch(self, seq: int) -> Page:
+        if self.store is None:
+            raise RuntimeError("no store to page the event log from")
+        batch = await self.store.events_since(seq, self._limit)
+        if batch.reset:
+            return Page([], True)
+        events = [EncodedEvent(e) for e in batch.events]
+        if events:
+            largest = max(ev.size for ev in events)
+            self._limit = max(MIN_PAGE, min(MAX_PAGE, self._page_bytes // max(largest, 1)))
+            cost = sum(ev.size for ev in events) * 3 + EVENT_OVERHEAD * len(events)
+            page = Page(events, False)
+            self._cache[seq] = (page, cost)
+            self._cached += cost
+            while self._cached > self._cache_bytes and self._cache:
+                _, (_, freed) = self._cache.popitem(last=False)
+                self._cached -= freed
+            return page
+        return Page([], False)
+
+    def clear(self) -> None:
+        self._cache.clear()
+        self._cached = 0
+
+
+class Ring:
+    def __init__(
+        self,
+        max_events: int = 10_000,
+        max_bytes: int = 64 * MiB,
+        *,
+        store: StoreClient | None = None,
+        flush_interval: float = 0.0,
+        keepalive: float = 15.0,
+        stall_seconds: float = 2.0,
+        page_bytes: int = 4 * MiB,
+        page_cache_bytes: int = 16 * MiB,
+    ) -> None:
+        self.max_events = max_events
+        self.max_bytes = max_bytes
+        self.stall_seconds = stall_seconds
+        self.seq = 0  # the head: the last seq appended (the store's seq once started)
+        self.started = False  # the relay has told us the store's seq: streams may open
+        self.closing = False
+        self.ticks = 0  # keep-alive ticks so far
+        self.pages = LogPages(store, page_bytes, page_cache_bytes)
+        self._events: list[EncodedEvent | None] = []
+        self._seq0 = 1  # seq of _events[0]
+        self._skip = 0  # entries trimmed from the front of _events (None), not yet compacted
+        self._bytes = 0
+        self._flush_interval = flush_interval
+        self._keepalive = keepalive
+        self._cursors: set[Cursor] = set()
+        self._ending: set[Cursor] = set()  # dropped, but their stream has not ended yet
+        self._wakeup: asyncio.Future[None] | None = None
+        self._flush_handle: asyncio.Handle | None = None
+        self._unflushed = 0
+        self._timers: list[asyncio.TimerHandle] = []
+
+    # -- the producer (the relay) --------------------------------------------------------------
+
+    def start(self, seq: int) -> None:
+        """The store's seq, learned by the relay: streams open from here on."""
+        self._restart(seq)
+        if not self.started:
+            self.started = True
+            loop = asyncio.get_running_loop()
+            self._timers = [
+                loop.call_later(self._keepalive, self._tick),
+                loop.call_later(self._sweep_interval, self._sweep),
+            ]
+
+    def publish(self, events: list[pb.DomainEvent]) -> None:
+        for event in events:
+            if event.seq != self.seq + 1:  # the relay repairs gaps first; never trust a gap
+                self._restart(event.seq - 1)
+            encoded = EncodedEvent(event)
+            self._events.append(encoded)
+            self._bytes += encoded.size * 3 + EVENT_OVERHEAD
+            self.seq = event.seq
+        self._trim()
+        self._unflushed += len(events)
+        self._schedule_wake()
+
+    def reset(self, seq: int) -> None:
+        """Events up to `seq` can no longer be replayed: every cursor behind it meets the
+        log's reset, sends `reset` and continues from the ring."""
+        self._restart(seq)
+        self.pages.clear()
+        self._wake()
+
+    async def paced(self) -> None:
+        """For the relay, between messages: once a quarter of the ring has been appended
+        since the last wake-up, wake the streams now and let them take it before the next
+        message, so a burst does not push readers that keep up out of the ring."""
+        if self._unflushed >= max(1, self.max_events // 4):
+            self._wake()
+        await asyncio.sleep(0)
+
+    def close(self) -> None:
+        """Shutdown: end every stream now so clients reconnect to another worker."""
+        self.closing = True
+        for timer in self._timers:
+            timer.cancel()
+        for cursor in list(self._cursors):
+            self.drop(cursor, "shutdown")
+        for cursor in list(self._ending):  # e.g. dropped for overflow and blocked on its client
+            self._end_within(cursor, ABORT_GRACE["shutdown"])
+        self._wake()
+
+    # -- the consumers (streams) ---------------------------------------------------------------
+
+    @property
+    def first(self) -> int:
+        """The oldest seq the ring holds (head + 1 when empty)."""
+        return self._seq0 + self._skip
+
+    def __len__(self) -> int:
+        """Open subscribers."""
+        return len(self._cursors)
+
+    def subscribe(
+        self, since: int | None, filters: Filters, transport: str, conn: Connection | None
+    ) -> Cursor:
+        cursor = Cursor(
+            self.seq if since is None else since,
+            filters if filters != NO_FILTERS else None,
+            transport,
+            conn,
+        )
+        STREAM_OPENS.labels(transport).inc()
+        if self.closing:
+            cursor.reason = "shutdown"
+        else:
+            self._cursors.add(cursor)
+            SUBSCRIBERS.labels(transport).inc()
+        return cursor
+
+    def after(self, seq: int, limit: int) -> list[EncodedEvent] | None:
+        """Up to `limit` events after `seq` from the ring; None if some are no longer in it."""
+        if seq + 1 < self.first:
+            return None
+        i = seq + 1 - self._seq0
+        return self._events[i : i + limit]  # type: ignore[return-value]  # no None past _skip
+
+    async def wait(self) -> None:
+        """Until the next wake-up: new events, a keep-alive tick, or a stream to end."""
+        fut = self._wakeup
+        if fut is None or fut.done():
+            fut = self._wakeup = asyncio.get_running_loop().create_future()
+        try:
+            await fut
+        except asyncio.CancelledError:
+            task = asyncio.current_task()
+            if task is not None and task.cancelling():
+                raise
+            # Another stream was cancelled while waiting on this shared future, which
+            # cancelled it for everyone: for us it is only a wake-up.
+
+    def drop(self, cursor: Cursor, reason: str) -> None:
+        """End a stream (it sees `cursor.reason` when it next runs)."""
+        if cursor.reason is not None:
+            return
+        cursor.reason = reason
+        self._discard(cursor)
+        grace = ABORT_GRACE.get(reason)
+        if grace is not None:
+            DROPPED.labels(reason).inc()
+            self._end_within(cursor, grace)
+
+    def finish(self, cursor: Cursor, reason: str) -> None:
+        """The stream has ended (its handler calls this last); `reason` for the metric when
+        the ring did not end it itself."""
+        if cursor.reason is None:
+            cursor.reason = reason
+            self._discard(cursor)
+        STREAM_CLOSES.labels(cursor.transport, cursor.reason).inc()
+        cursor.finished = True
+        self._ending.discard(cursor)
+
+    # -- internals ------------------------------------------------------------------------------
+
+    @property
+    def _sweep_interval(self) -> float:
+        return min(0.5, self.stall_seconds / 4)
+
+    def _restart(self, seq: int) -> None:
+        self._events = []
+        self._seq0 = seq + 1
+        self._skip = 0
+        self._bytes = 0
+        self.seq = seq
+
+    def _trim(self) -> None:
+        events = self._events
+        while self._skip < len(events) - 1 and (
+            len(events) - self._skip > self.max_events or self._bytes > self.max_bytes
+        ):
+            old = events[self._skip]
+            assert old is not None
+            self._bytes -= old.size * 3 + EVENT_OVERHEAD
+            events[self._skip] = None
+            self._skip += 1
+        if self._skip > 1024 and self._skip * 2 > len(events):
+            del events[: self._skip]
+            self._seq0 += self._skip
+            self._skip = 0
+
+    def _schedule_wake(self) -> None:
+        if self._flush_handle is not None:
+            return
+        loop = asyncio.get_running_loop()
+        if self._flush_interval > 0:
+            self._flush_handle = loop.call_later(self._flush_interval, self._wake)
+        else:
+            self._flush_handle = loop.call_soon(self._wake)
+
+    def _wake(self) -> None:
+        if self._flush_handle is not None:
+            self._flush_handle.cancel()
+            self._flush_handle = None
+        self._unflushed = 0
+        fut, self._wakeup = self._wakeup, None
+        if fut is not None and not fut.done():
+            fut.set_result(None)
+
+    def _tick(self) -> None:
+        # One timer for every stream: those with nothing new send a keep-alive.
+        self.ticks += 1
+        self._wake()
+        self._timers[0] = asyncio.get_running_loop().call_later(self._keepalive, self._tick)
+
+    def _sweep(self) -> None:
+        """Every _sweep_interval, whatever the traffic: drop what must end."""
+        now = time.monotonic()
+        oldest = self.first - 1  # a cursor below this has fallen out of the ring
+        ended = False
+        for cursor in list(self._cursors):
+            conn = cursor.conn
+            if conn is not None and conn.gone():
+                self.drop(cursor, "client")
+            elif conn is not None and conn.client_sent():
+                self.drop(cursor, "policy")
+            elif (
+                cursor.sending
+                and cursor.seq < oldest
+                and now - cursor.sending >= self.stall_seconds
+            ):
+                logger.info("dropping a %s subscriber blocked behind the ring", cursor.transport)
+                self.drop(cursor, "overflow")
+            else:
+                continue
+            ended = True
+        if ended:
+            self._wake()
+        self._timers[1] = asyncio.get_running_loop().call_later(self._sweep_interval, self._sweep)
+
+    def _discard(self, cursor: Cursor) -> None:
+        if cursor in self._cursors:
+            self._cursors.remove(cursor)
+            SUBSCRIBERS.labels(cursor.transport).dec()
+
+    def _end_within(self, cursor: Cursor, seconds: float) -> None:
+        """Abort the connection if the stream has not finished `seconds` from now."""
+        if cursor.conn is not None and not cursor.finished:
+            self._ending.add(cursor)
+            asyncio.get_running_loop().call_later(seconds, self._force_end, cursor)
+
+    def _force_end(self, cursor: Cursor) -> None:
+        if not cursor.finished and cursor.conn is not None:
+            logger.info(
+                "aborting a %s subscriber that did not end (%s)", cursor.transport, cursor.reason
+            )
+            with contextlib.suppress(Exception):
+                cursor.conn.abort()

@@ -1,0 +1,286 @@
+"""The per-worker ring and the streams that read it as cursors: filtered delivery, shared
+encodings, bounds by count and bytes, paging below the ring, the sweep, shutdown.
+
+Streams here are `deliver` loops with a collecting `write` (no server): what they would put on
+the socket, in order."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+import orjson
+import pytest
+
+from service.pb import duckcast_pb2 as pb
+from service.realtime.ring import Closed, Cursor, EncodedEvent, Filters, Ring
+from service.realtime.stream import deliver
+from service.storeclient.inprocess import InProcessStoreClient
+from tests.realtime.conftest import TIMEOUT, until
+
+_seq = 0
+
+
+def event(
+    kind: pb.EventType.ValueType,
+    item_id: int,
+    owner_id: int = 1,
+    status: str = "active",
+    **fields: Any,
+) -> pb.DomainEvent:
+    """A change event as the store emits it: on DELETED, `item` is the item's last state."""
+    global _seq
+    _seq += 1
+    item = pb.Item(
+        id=item_id, title=f"item {item_id}", owner_id=owner_id, status=status, version=1, **fields
+    )
+    ev = pb.DomainEvent(
+        type=kind,
+        seq=_seq,
+        item=item,
+        stats=pb.Stats(total=1, active=1),
+    )
+    if kind == pb.DELETED:
+        ev.deleted_id = item_id
+    return ev
+
+
+class Stream:
+    """A running `deliver` loop for a cursor, collecting what it writes."""
+
+    def __init__(self, ring: Ring, cursor: Cursor, block: asyncio.Event | None = None) -> None:
+        self.ring = ring
+        self.cursor = cursor
+        self.got: list[EncodedEvent] = []
+        self.writes = 0
+        self.keepalives = 0
+        self.block = block  # while cleared, every write blocks (a client that stopped reading)
+        self.task = asyncio.create_task(deliver(ring, cursor, self._write, self._keepalive))
+
+    async def _write(self, events: list[EncodedEvent], live: bool) -> None:
+        self.cursor.sending = time.monotonic()
+        if self.block is not None:
+            await self.block.wait()
+        self.writes += 1
+        self.got.extend(events)
+        self.cursor.seq = events[-1].seq
+
+    async def _keepalive(self) -> None:
+        self.keepalives += 1
+
+    async def until(self, seq: int) -> list[int]:
+        async with asyncio.timeout(TIMEOUT):
+            while not self.got or self.got[-1].seq < seq:
+                await asyncio.sleep(0)
+                if self.task.done():
+                    self.task.result()
+        return seqs(self.got)
+
+    async def settled(self, seq: int) -> None:
+        """The cursor has passed `seq` (sent, or skipped by the filters)."""
+        async with asyncio.timeout(TIMEOUT):
+            while self.cursor.seq < seq:
+                await asyncio.sleep(0)
+                if self.task.done():
+                    self.task.result()
+
+    async def ended(self) -> str:
+        async with asyncio.timeout(TIMEOUT):
+            with pytest.raises(Closed) as closed:
+                await self.task
+        return closed.value.reason
+
+
+def started(**options: Any) -> Ring:
+    ring = Ring(**options)
+    ring.start(0)
+    return ring
+
+
+def seqs(events: list[EncodedEvent]) -> list[int]:
+    return [e.seq for e in events]
+
+
+async def test_filters_deliver_only_matching_events() -> None:
+    """A subscriber with filters gets exactly the events whose item matches them (owner_id,
+    status, both); an update is judged by the item's new state and a delete by the deleted
+    item's last state; a reset reaches everyone; an unfiltered subscriber gets everything."""
+    global _seq
+    _seq = 0
+    ring = started()
+    everyone, owner2, completed, owner2_active = (
+        Stream(ring, ring.subscribe(None, f, "test", None))
+        for f in (
+            Filters(),
+            Filters(owner_id=2),
+            Filters(status="completed"),
+            Filters(owner_id=2, status="active"),
+        )
+    )
+
+    events = [
+        event(pb.CREATED, 1, owner_id=1, status="active"),
+        b2 := event(pb.CREATED, 2, owner_id=2, status="active"),
+        b3 := event(pb.CREATED, 3, owner_id=2, status="completed"),
+        b2done := event(pb.UPDATED, 2, owner_id=2, status="completed"),
+        a1done := event(pb.UPDATED, 1, owner_id=1, status="completed"),
+        b2gone := event(pb.DELETED, 2, owner_id=2, status="completed"),
+        event(pb.CREATED, 4, owner_id=1, status="active"),
+        event(pb.DELETED, 4, owner_id=1, status="active"),
+        b5 := event(pb.CREATED, 5, owner_id=2, status="active"),
+        b5gone := event(pb.DELETED, 5, owner_id=2, status="active"),
+    ]
+    ring.publish(events)
+    last = events[-1].seq
+    for stream in (everyone, owner2, completed, owner2_active):
+        await stream.settled(last)
+
+    assert seqs(everyone.got) == [e.seq for e in events]
+    assert seqs(owner2.got) == [
+        b2.seq,
+        b3.seq,
+        b2done.seq,
+        b2gone.seq,
+        b5.seq,
+        b5gone.seq,
+    ]
+    assert seqs(completed.got) == [b3.seq, b2done.seq, a1done.seq, b2gone.seq]
+    assert seqs(owner2_active.got) == [b2.seq, b5.seq, b5gone.seq]
+
+
+async def test_one_encoding_shared_by_every_subscriber() -> None:
+    """Every stream writes the very same EncodedEvent object for an event, and each wire form
+    (.sse, .proto, .json) is computed once: repeated access returns the same object."""
+    created = event(pb.CREATED, 7, owner_id=3, description="d", priority=5)
+    deleted = event(pb.DELETED, 7, owner_id=3)
+    ring = Ring()
+    ring.start(created.seq - 1)  # this module's events carry a global seq
+    streams = [Stream(ring, ring.subscribe(None, Filters(), "test", None)) for _ in range(5)]
+    ring.publish([created, deleted])
+
+    received = [await s.until(deleted.seq) and s.got for s in streams]
+    for i in range(2):
+        first = received[0][i]
+        assert all(r[i] is first for r in received)
+        assert first.sse is first.sse
+        assert first.proto is first.proto
+        assert first.json is first.json
+
+    enc_created, enc_deleted = received[0]
+    assert pb.DomainEvent.FromString(enc_created.proto) == created
+    assert orjson.loads(enc_created.json)["item"]["id"] == 7
+    assert enc_created.sse.startswith(b"id: %d\nevent: item_created\ndata: " % created.seq)
+    assert enc_deleted.sse == b'id: %d\nevent: item_deleted\ndata: {"id":7}\n\n' % deleted.seq
+
+
+def test_ring_is_bounded_by_count_and_by_bytes() -> None:
+    """The ring keeps its newest events: at most max_events of them, and no more than
+    max_bytes of estimated memory (always the newest one, however large)."""
+
+    async def run() -> None:
+        ring = Ring(max_events=10, max_bytes=10**9)
+        ring.start(0)
+        ring.publish([pb.DomainEvent(type=pb.CREATED, seq=n) for n in range(1, 26)])
+        assert (ring.first, ring.seq) == (16, 25)
+        assert ring.after(14, 100) is None  # 15 has left the ring
+        assert seqs(ring.after(15, 100) or []) == list(range(16, 26))
+
+        big = pb.Item(description="x" * 100_000)
+        ring = Ring(max_events=1000, max_bytes=1_000_000)
+        ring.start(0)
+        ring.publish([pb.DomainEvent(type=pb.CREATED, seq=n, item=big) for n in range(1, 8)])
+        assert ring.first == 5, "3 events of ~300 kB each fit in 1 MB"
+        ring.publish(
+            [pb.DomainEvent(type=pb.CREATED, seq=8, item=pb.Item(description="x" * 2_000_000))]
+        )
+        assert (ring.first, ring.seq) == (8, 8)
+
+    asyncio.run(run())
+
+
+async def test_a_stream_wakes_once_per_flush_and_keepalives_come_from_one_timer() -> None:
+    """Many events published between two wake-ups reach an SSE-like stream in one write; an
+    idle stream gets a keep-alive per tick of the ring's one timer and holds no task or future
+    of its own while it waits (the ring's one shared wake-up)."""
+    ring = Ring(flush_interval=0.05, keepalive=0.1)
+    ring.start(0)
+    stream = Stream(ring, ring.subscribe(None, Filters(), "test", None))
+    for n in range(1, 51):
+        ring.publish([pb.DomainEvent(type=pb.CREATED, seq=n)])
+    assert await stream.until(50) == list(range(1, 51))
+    assert stream.writes == 1
+    await until(lambda: stream.keepalives >= 2, what="two keep-alives")
+    ring.close()
+    assert await stream.ended() == "shutdown"
+
+
+async def test_close_ends_streams_with_shutdown_and_refuses_new_ones() -> None:
+    """Ring.close() (what SIGTERM triggers) wakes every stream, even one waiting with nothing
+    to send, with Closed("shutdown"); every later subscription is born closed with the same
+    reason and never registered."""
+    ring = started()
+    waiting = Stream(ring, ring.subscribe(None, Filters(), "test", None))
+    idle = Stream(ring, ring.subscribe(None, Filters(owner_id=9), "test", None))
+    await asyncio.sleep(0)
+    ring.close()
+    assert await waiting.ended() == "shutdown"
+    assert await idle.ended() == "shutdown"
+    assert len(ring) == 0
+    late = ring.subscribe(None, Filters(), "test", None)
+    assert late.reason == "shutdown"
+    assert len(ring) == 0
+
+
+async def test_a_cancelled_stream_does_not_cancel_the_others() -> None:
+    """Streams share one wake-up future: cancelling one waiting stream (a client task torn
+    down) must not end the others; they keep receiving."""
+    ring = started()
+    streams = [Stream(ring, ring.subscribe(None, Filters(), "test", None)) for _ in range(3)]
+    await asyncio.sleep(0)
+    streams[0].task.cancel()
+    await asyncio.sleep(0)
+    ring.publish([pb.DomainEvent(type=pb.CREATED, seq=1)])
+    for s in streams[1:]:
+        assert await s.until(1) == [1]
+    assert streams[0].task.cancelled()
+
+
+async def test_a_cursor_below_the_ring_pages_from_the_log_then_joins_it(
+    store: InProcessStoreClient,
+) -> None:
+    """A cursor older than the ring's oldest event reads the store's log in pages, then the
+    ring: every event once, in order, across the seam."""
+    for n in range(30):
+        await store.create_items(1, [pb.ItemCreate(title=f"t{n}")])
+    head = await store.ping()
+    ring = Ring(max_events=5, store=store)
+    ring.start(head - 5)
+    ring.publish(list((await store.events_since(head - 5, 5)).events))
+    assert ring.first == head - 4
+    stream = Stream(ring, ring.subscribe(0, Filters(), "test", None))
+    assert await stream.until(head) == list(range(1, head + 1))
+
+
+async def test_a_blocked_stream_behind_the_ring_is_dropped_by_the_sweep_without_new_events() -> (
+    None
+):
+    """A stream whose write is blocked (its client stopped reading) and whose cursor has left
+    the ring is dropped with "overflow" within stall_seconds plus a sweep, by the ring's
+    periodic sweep: no further publish is needed. One blocked but still inside the ring stays."""
+    ring = started(max_events=5, stall_seconds=0.2)
+    gate = asyncio.Event()
+    behind = Stream(ring, ring.subscribe(None, Filters(), "test", None), block=gate)
+    inside = Stream(ring, ring.subscribe(None, Filters(), "test", None), block=gate)
+    ring.publish([pb.DomainEvent(type=pb.CREATED, seq=1)])
+    await asyncio.sleep(0)  # both are now blocked writing event 1
+    inside.cursor.seq = 1  # as if its write of 1 had gone through: still inside the ring
+    ring.publish([pb.DomainEvent(type=pb.CREATED, seq=n) for n in range(2, 7)])  # 1 leaves
+    published = time.monotonic()
+    await until(lambda: behind.cursor.reason is not None, what="the blocked stream dropped")
+    assert time.monotonic() - published < 0.2 + 0.1 + 0.1
+    assert behind.cursor.reason == "overflow"
+    assert inside.cursor.reason is None
+    gate.set()
+    assert await behind.ended() == "overflow"
+    assert await inside.until(6) == [1, 2, 3, 4, 5, 6]
