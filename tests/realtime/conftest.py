@@ -113,11 +113,19 @@ class Live:
 
 
 @contextlib.asynccontextmanager
-async def serve(settings: Settings) -> AsyncIterator[Live]:
-    """The app (embedded store, memory backplane) served by uvicorn on a free port."""
+async def serve(
+    settings: Settings, prepare: Callable[[FastAPI], None] | None = None, **config: Any
+) -> AsyncIterator[Live]:
+    """The app (embedded store, memory backplane) served by uvicorn on a free port;
+    `prepare(app)` runs before the server starts, `config` goes to uvicorn.Config (e.g.
+    `ws="wsproto"`, `http="h11"`)."""
     app = create_app(settings, backplane=MemoryBackplane())
+    if prepare is not None:
+        prepare(app)
     port = free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    server = uvicorn.Server(
+        uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", **config)
+    )
     task = asyncio.create_task(server.serve())
     try:
         async with asyncio.timeout(TIMEOUT):
