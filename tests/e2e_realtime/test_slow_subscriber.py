@@ -28,7 +28,8 @@ from tests.e2e_realtime.conftest import Service
 
 pytestmark = pytest.mark.e2e
 
-# DUCKCAST_SUBSCRIBER_BUFFER: events a subscriber may fall behind. Small, so a stalled client
+# DUCKCAST_STREAM_RING_EVENTS: events each worker keeps; a stalled client whose blocked send
+# lies behind them for DUCKCAST_STREAM_STALL_SECONDS is dropped. Small, so a stalled client
 # is dropped soon; not smaller, because a worker may hand a subscriber several commits at once
 # (see test_write_bursts_do_not_drop_subscribers_that_keep_up).
 BUFFER = 100
@@ -75,13 +76,13 @@ async def test_subscriber_that_stops_reading_is_dropped_not_buffered(
     start_service: Callable[..., Service], request: pytest.FixtureRequest
 ) -> None:
     """An SSE and a WebSocket subscriber stop reading during a burst of large events: each is
-    dropped once BUFFER events behind its full socket (the subscriber gauge falls while it
+    dropped once its blocked send lies behind the ring of BUFFER events (the subscriber gauge falls while it
     still does not read); no worker's RSS grows by more than 25 MB although 2,000 more events
     (16 MB of descriptions, more in their wire forms) follow; the other subscribers get every
     event without interruption; and when the stalled clients read again they find a gap-free
     prefix, then the overflow reason (SSE `event: overflow`, WebSocket close 4008), and can
     resume from their last seq."""
-    service = start_service(DUCKCAST_SUBSCRIBER_BUFFER=str(BUFFER))
+    service = start_service(DUCKCAST_STREAM_RING_EVENTS=str(BUFFER))
     base = service.url
     (alice,) = await signup_all(base, "alice")
     start = (await list_page(base, alice))["seq"]
@@ -132,7 +133,7 @@ async def test_subscriber_that_stops_reading_is_dropped_not_buffered(
 async def test_write_bursts_do_not_drop_subscribers_that_keep_up(service: Service) -> None:
     """Subscribers that read promptly are not dropped as "too slow" by a burst of legal writes:
     six concurrent 1,000-item bulk creates (group-committed together, so one commit carries
-    more events than the default 1,000-event subscriber buffer) reach every subscriber whole."""
+    more events than a 1,000-event ring) reach every subscriber whole."""
     base = service.url
     alice, bob = await signup_all(base, "alice", "bob")
     start = (await list_page(base, alice))["seq"]
