@@ -339,8 +339,8 @@ async def test_a_100_mb_replay_is_paged_in_order_within_a_memory_bound(tmp_path:
 
 async def test_100_clients_resuming_from_0_at_once_share_the_log_pages(tmp_path: Path) -> None:
     """100 clients resuming from 0 at the same moment over a 4 MB log get every event in order,
-    and the worker's Python memory peaks under 100 MiB (measured: 58; ~400 unshared) (one store call per page,
-    shared; not one copy per client)."""
+    and the worker's Python memory peaks under 100 MiB (measured: 58; ~400 unshared): one
+    store call per page, shared, not one copy per client."""
     async with serve(settings(tmp_path, stream_ring_events=10)) as live:
         alice = await live.user("alice")
         last = await big_log(live, alice.id, 4)
