@@ -77,11 +77,11 @@ async def test_subscriber_that_stops_reading_is_dropped_not_buffered(
 ) -> None:
     """An SSE and a WebSocket subscriber stop reading during a burst of large events: each is
     dropped once its blocked send lies behind the ring of BUFFER events (the subscriber gauge
-    falls while it still does not read); no worker's RSS grows by more than 25 MB although
-    2,000 more events (16 MB of descriptions, more in their wire forms) follow; the other subscribers get every
-    event without interruption; and when the stalled clients read again they find a gap-free
-    prefix, then the overflow reason (SSE `event: overflow`, WebSocket close 4008), and can
-    resume from their last seq."""
+    falls while it still does not read); no worker's RSS grows by more than 25 MB although 2,000
+    more events (16 MB of descriptions, more in their wire forms) follow; the other subscribers
+    get every event without interruption; and when the stalled clients read again they find a
+    gap-free prefix, then the overflow reason (SSE `event: overflow`, WebSocket close 4008), and
+    can resume from their last seq."""
     service = start_service(DUCKCAST_STREAM_RING_EVENTS=str(BUFFER))
     base = service.url
     (alice,) = await signup_all(base, "alice")
