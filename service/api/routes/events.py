@@ -90,19 +90,33 @@ SSE_LAG = _observe_lag("sse")
 WS_LAG = _observe_lag("ws")
 
 
+def _sse_params(request: Request) -> tuple[Filters, int | None]:
+    stream_session(request)
+    query = request.query_params
+    resume = request.headers.get("last-event-id") or query.get("last_event_id")
+    return _filters(query), _int("Last-Event-ID", resume, 0, MAX_SEQ)
+
+
+def _ws_params(conn: HTTPConnection) -> tuple[Filters, int | None, bool]:
+    query = conn.query_params
+    wire = query.get("format", "protobuf")
+    if wire not in ("protobuf", "json"):
+        raise Invalid("format: must be 'protobuf' or 'json'")
+    return _filters(query), _int("since", query.get("since"), 0, MAX_SEQ), wire == "json"
+
+
+# The handlers below parse the request in helpers, so that the objects parsing creates
+# (Request, headers, query parameters) are not held for the hours a stream lives.
+
+
 async def sse_stream(scope: Scope, receive: Receive, send: Send) -> None:
-    request = Request(scope)
     ring, _ = _context(scope)
     try:
-        stream_session(request)
-        query = request.query_params
-        filters = _filters(query)
-        resume = request.headers.get("last-event-id") or query.get("last_event_id")
-        since = _int("Last-Event-ID", resume, 0, MAX_SEQ)
+        filters, since = _sse_params(Request(scope))
         if not ring.started:
             raise StoreUnavailable("the event stream is not ready yet; retry")
     except DuckcastError as exc:
-        await error_response(request, exc)(scope, receive, send)
+        await error_response(Request(scope), exc)(scope, receive, send)
         return
     conn = connection(send, receive)
     cursor = ring.subscribe(since, filters, "sse", conn)
@@ -162,27 +176,20 @@ async def ws_stream(scope: Scope, receive: Receive, send: Send) -> None:
         await send({"type": "websocket.close", "code": NOT_READY, "reason": "not ready yet"})
         return
     await send({"type": "websocket.accept"})
-    conn_info = HTTPConnection(scope)
     try:
-        stream_session(conn_info)
+        stream_session(HTTPConnection(scope))
     except DuckcastError:
         await send(
             {"type": "websocket.close", "code": WS_UNAUTHORIZED, "reason": "not authenticated"}
         )
         return
-    query = conn_info.query_params
     try:
-        filters = _filters(query)
-        since = _int("since", query.get("since"), 0, MAX_SEQ)
-        wire = query.get("format", "protobuf")
-        if wire not in ("protobuf", "json"):
-            raise Invalid("format: must be 'protobuf' or 'json'")
+        filters, since, as_json = _ws_params(HTTPConnection(scope))
     except DuckcastError as exc:
         await send({"type": "websocket.close", "code": WS_POLICY, "reason": exc.message[:120]})
         return
     conn = connection(send, receive)
     cursor = ring.subscribe(since, filters, "ws", conn)
-    as_json = wire == "json"
     code, reason, ending = 1000, "", "client"
 
     async def write(events: list[EncodedEvent], live: bool) -> None:
