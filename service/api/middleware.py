@@ -87,8 +87,8 @@ class SecurityHeaders:
 
 class _SecuredSend:
     """`send` with the headers added. It keeps the server's `send.__self__` (uvicorn's
-    connection): the stream handlers read the connection's `disconnected` flag and abort a
-    stalled transport through it (service.api.routes.events._Client)."""
+    connection): the stream handlers learn of a disconnect and abort a stalled transport
+    through it (service.api.connection)."""
 
     def __init__(self, scope: Scope, send: Send) -> None:
         self._scope = scope

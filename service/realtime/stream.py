@@ -10,23 +10,27 @@ forward, to the last seq sent (or skipped by the filters).
 from __future__ import annotations
 
 import time
-from collections.abc import Awaitable, Callable
+from typing import Protocol
 
 from service.realtime.ring import Closed, Cursor, EncodedEvent, Ring, reset_event
 
 # Events taken from the ring per write: bounds a write when a cursor is far behind.
 RING_BATCH = 1000
 
-Write = Callable[[list[EncodedEvent], bool], Awaitable[None]]
+
+class Output(Protocol):
+    """How a stream writes to its client."""
+
+    async def write(self, events: list[EncodedEvent], live: bool) -> None:
+        """Send a batch (live: from the ring, so its delivery lag is meaningful)."""
+
+    async def keepalive(self) -> None: ...
 
 
-async def deliver(
-    ring: Ring, cursor: Cursor, write: Write, keepalive: Callable[[], Awaitable[None]]
-) -> None:
-    """Runs until the cursor is dropped (raises Closed). `write(events, live)` sends a batch
-    (live: from the ring, so the delivery lag is meaningful); the store's errors propagate."""
+async def deliver(ring: Ring, cursor: Cursor, out: Output) -> None:
+    """Runs until the cursor is dropped (raises Closed); the store's errors propagate."""
     if cursor.seq > ring.seq:
-        await _check_ahead(ring, cursor, write)
+        await _check_ahead(ring, cursor, out)
     tick = ring.ticks
     while True:
         if cursor.reason is not None:
@@ -39,7 +43,7 @@ async def deliver(
                 if page.reset:
                     # The log no longer reaches back to the cursor: the client reloads.
                     resume_at = max(ring.first - 1, cursor.seq)
-                    await _send(cursor, write, [reset_event(resume_at)], False)
+                    await _send(cursor, out, [reset_event(resume_at)], False)
                     cursor.seq = resume_at
                     continue
                 events = page.events
@@ -51,26 +55,26 @@ async def deliver(
             if filters is not None:
                 events = [ev for ev in events if filters.match(ev)]
             if events:
-                await _send(cursor, write, events, live)
+                await _send(cursor, out, events, live)
             cursor.seq = last
             continue
         await ring.wait()
         if ring.ticks != tick:
             tick = ring.ticks
             if cursor.seq >= ring.seq and cursor.reason is None:
-                await keepalive()
+                await out.keepalive()
 
 
-async def _send(cursor: Cursor, write: Write, events: list[EncodedEvent], live: bool) -> None:
+async def _send(cursor: Cursor, out: Output, events: list[EncodedEvent], live: bool) -> None:
     # `sending` tells the ring's sweep this stream is blocked on its socket, and since when.
     cursor.sending = time.monotonic()
     try:
-        await write(events, live)
+        await out.write(events, live)
     finally:
         cursor.sending = 0.0
 
 
-async def _check_ahead(ring: Ring, cursor: Cursor, write: Write) -> None:
+async def _check_ahead(ring: Ring, cursor: Cursor, out: Output) -> None:
     """A cursor ahead of this worker's ring is fine if another worker already delivered up to
     it (this one will catch up), but a seq the store never issued (another deployment, a
     restored backup) would otherwise wait in silence forever: send `reset` instead."""
@@ -78,5 +82,5 @@ async def _check_ahead(ring: Ring, cursor: Cursor, write: Write) -> None:
         return
     batch = await ring.pages.store.events_since(cursor.seq, 1)
     if batch.reset:
-        await _send(cursor, write, [reset_event(ring.seq)], False)
+        await _send(cursor, out, [reset_event(ring.seq)], False)
         cursor.seq = ring.seq

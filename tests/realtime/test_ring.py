@@ -56,9 +56,9 @@ class Stream:
         self.writes = 0
         self.keepalives = 0
         self.block = block  # while cleared, every write blocks (a client that stopped reading)
-        self.task = asyncio.create_task(deliver(ring, cursor, self._write, self._keepalive))
+        self.task = asyncio.create_task(deliver(ring, cursor, self))
 
-    async def _write(self, events: list[EncodedEvent], live: bool) -> None:
+    async def write(self, events: list[EncodedEvent], live: bool) -> None:
         self.cursor.sending = time.monotonic()
         if self.block is not None:
             await self.block.wait()
@@ -66,7 +66,7 @@ class Stream:
         self.got.extend(events)
         self.cursor.seq = events[-1].seq
 
-    async def _keepalive(self) -> None:
+    async def keepalive(self) -> None:
         self.keepalives += 1
 
     async def until(self, seq: int) -> list[int]:

@@ -23,7 +23,7 @@ from service.api.deps import stream_session
 from service.api.errors import error_response
 from service.errors import DuckcastError, Invalid, StoreUnavailable
 from service.metrics import DELIVERIES, DELIVERY_LAG
-from service.realtime.ring import Closed, EncodedEvent, Filters, Ring
+from service.realtime.ring import Closed, Cursor, EncodedEvent, Filters, Ring
 from service.realtime.stream import deliver
 from service.storeclient import StoreClient
 from service.wire import INT64_MAX, STATUSES, bounded_int
@@ -105,6 +105,67 @@ def _ws_params(conn: HTTPConnection) -> tuple[Filters, int | None, bool]:
     return _filters(query), _int("since", query.get("since"), 0, MAX_SEQ), wire == "json"
 
 
+class _SseOut:
+    """How an SSE stream writes (one small object, not closures: it lives as long as the
+    stream)."""
+
+    __slots__ = ("cursor", "send")
+
+    def __init__(self, send: Send, cursor: Cursor) -> None:
+        self.send = send
+        self.cursor = cursor
+
+    async def body(self, chunk: bytes, more: bool = True) -> None:
+        await self.send({"type": "http.response.body", "body": chunk, "more_body": more})
+
+    async def write(self, events: list[EncodedEvent], live: bool) -> None:
+        # One socket write per wake-up, in chunks of at most SSE_CHUNK bytes.
+        cursor = self.cursor
+        i, n = 0, len(events)
+        while i < n:
+            j, size, parts = i, 0, []
+            while j < n and (size < SSE_CHUNK or j == i):
+                part = events[j].sse
+                parts.append(part)
+                size += len(part)
+                j += 1
+            cursor.sending = time.monotonic()
+            await self.body(b"".join(parts))
+            SSE_DELIVERIES.inc(j - i)
+            if live:
+                SSE_LAG(events[i])
+            cursor.seq = events[j - 1].seq
+            i = j
+
+    async def keepalive(self) -> None:
+        await self.body(KEEPALIVE_COMMENT)
+
+
+class _WsOut:
+    __slots__ = ("as_json", "cursor", "send")
+
+    def __init__(self, send: Send, cursor: Cursor, as_json: bool) -> None:
+        self.send = send
+        self.cursor = cursor
+        self.as_json = as_json
+
+    async def write(self, events: list[EncodedEvent], live: bool) -> None:
+        cursor, send = self.cursor, self.send
+        for ev in events:
+            cursor.sending = time.monotonic()
+            if self.as_json:
+                await send({"type": "websocket.send", "text": ev.json})
+            else:
+                await send({"type": "websocket.send", "bytes": ev.proto})
+            cursor.seq = ev.seq
+        WS_DELIVERIES.inc(len(events))
+        if live:
+            WS_LAG(events[0])
+
+    async def keepalive(self) -> None:
+        pass  # WebSocket servers ping on their own
+
+
 # The handlers below parse the request in helpers, so that the objects parsing creates
 # (Request, headers, query parameters) are not held for the hours a stream lives.
 
@@ -122,35 +183,14 @@ async def sse_stream(scope: Scope, receive: Receive, send: Send) -> None:
     cursor = ring.subscribe(since, filters, "sse", conn)
     ending = "client"
 
-    async def body(chunk: bytes, more: bool = True) -> None:
-        await send({"type": "http.response.body", "body": chunk, "more_body": more})
-
-    async def write(events: list[EncodedEvent], live: bool) -> None:
-        # One socket write per wake-up, in chunks of at most SSE_CHUNK bytes.
-        i, n = 0, len(events)
-        while i < n:
-            j, size, parts = i, 0, []
-            while j < n and (size < SSE_CHUNK or j == i):
-                part = events[j].sse
-                parts.append(part)
-                size += len(part)
-                j += 1
-            cursor.sending = time.monotonic()
-            await body(b"".join(parts))
-            SSE_DELIVERIES.inc(j - i)
-            if live:
-                SSE_LAG(events[i])
-            cursor.seq = events[j - 1].seq
-            i = j
-
-    async def keepalive() -> None:
-        await body(KEEPALIVE_COMMENT)
+    out = _SseOut(send, cursor)
+    body = out.body
 
     try:
         await send({"type": "http.response.start", "status": 200, "headers": SSE_HEADERS})
         await body(b'retry: %d\nevent: connected\ndata: {"seq": %d}\n\n' % (RETRY_MS, ring.seq))
         try:
-            await deliver(ring, cursor, write, keepalive)
+            await deliver(ring, cursor, out)
         except Closed as closed:
             if closed.reason == "overflow":
                 await body(OVERFLOW_EVENT)
@@ -192,23 +232,10 @@ async def ws_stream(scope: Scope, receive: Receive, send: Send) -> None:
     cursor = ring.subscribe(since, filters, "ws", conn)
     code, reason, ending = 1000, "", "client"
 
-    async def write(events: list[EncodedEvent], live: bool) -> None:
-        for ev in events:
-            cursor.sending = time.monotonic()
-            if as_json:
-                await send({"type": "websocket.send", "text": ev.json})
-            else:
-                await send({"type": "websocket.send", "bytes": ev.proto})
-            cursor.seq = ev.seq
-        WS_DELIVERIES.inc(len(events))
-        if live:
-            WS_LAG(events[0])
-
-    async def keepalive() -> None:
-        pass  # WebSocket servers ping on their own
+    out = _WsOut(send, cursor, as_json)
 
     try:
-        await deliver(ring, cursor, write, keepalive)
+        await deliver(ring, cursor, out)
     except Closed as closed:
         if closed.reason == "overflow":
             code, reason = WS_OVERFLOW, "subscriber too slow; resume with ?since="
