@@ -18,6 +18,7 @@ from typing import Any
 
 import pytest
 from fastapi import FastAPI
+from prometheus_client import REGISTRY
 from websockets.exceptions import ConnectionClosed
 
 from service.config import Settings
@@ -402,3 +403,32 @@ async def test_a_client_message_closes_1008_within_a_second(
             await sse.expect("connected")
             await until(lambda: len(live.ring) == 1, what="subscribed")
         await until(lambda: len(live.ring) == 0, within=1.0, what="sse disconnect noticed")
+
+
+def sample(name: str, **labels: str) -> float:
+    return REGISTRY.get_sample_value(name, labels) or 0.0
+
+
+async def test_stream_metrics_are_observed(live: Live) -> None:
+    """Opening, delivering to and closing a stream move duckcast_stream_opens_total,
+    duckcast_deliveries_total, duckcast_event_delivery_lag_seconds (sampled: one write in 16,
+    so 16 separate live writes observe at least once) and duckcast_stream_closes_total."""
+    alice = await live.user("alice")
+    await settled(live)
+    before = {
+        "opens": sample("duckcast_stream_opens_total", transport="sse"),
+        "deliveries": sample("duckcast_deliveries_total", transport="sse"),
+        "lag": sample("duckcast_event_delivery_lag_seconds_count", transport="sse"),
+        "closes": sample("duckcast_stream_closes_total", transport="sse", reason="client"),
+    }
+    async with open_sse(live, headers=alice.headers) as sse, live.http() as http:
+        await sse.expect("connected")
+        for n in range(16):  # one at a time: 16 socket writes
+            await create_item(http, alice, title=f"m{n}")
+            await sse.expect("item_created")
+    await until(lambda: len(live.ring) == 0, what="the stream closed")
+    assert sample("duckcast_stream_opens_total", transport="sse") == before["opens"] + 1
+    assert sample("duckcast_deliveries_total", transport="sse") == before["deliveries"] + 16
+    assert sample("duckcast_event_delivery_lag_seconds_count", transport="sse") > before["lag"]
+    closes = sample("duckcast_stream_closes_total", transport="sse", reason="client")
+    assert closes == before["closes"] + 1
