@@ -76,6 +76,9 @@ class Settings(BaseSettings):
     event_retention: int = Field(default=100_000, ge=100)  # events kept for resume
     # Events a subscriber may fall behind before it is dropped (it resumes with its last id).
     subscriber_buffer: int = Field(default=1000, ge=1)
+    # Backplane messages a worker's relay may hold before delivering them; over it they are
+    # dropped and the relay fetches the events from the store's log instead (bounded memory).
+    relay_inbox: int = Field(default=1000, ge=1)
     # Subscribers are woken at most once per this interval, with everything committed since:
     # fewer, larger writes per connection for a few ms of latency. 0 wakes them at once.
     stream_flush_ms: float = Field(default=10.0, ge=0, le=1000)

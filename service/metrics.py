@@ -124,6 +124,16 @@ GAP_REPAIRS = Counter(
     "duckcast_gap_repairs_total",
     "Times a relay fetched missed events from the store's log (a seq gap or a resubscription)",
 )
+RELAY_INBOX_OVERFLOWS = Counter(
+    "duckcast_relay_inbox_overflows_total",
+    "Times a relay's inbox was full (DUCKCAST_RELAY_INBOX): its queued messages were dropped "
+    "and the gap repaired from the store's log",
+)
+RELAY_RESTARTS = Counter(
+    "duckcast_relay_restarts_total",
+    "Times a relay task failed or ended unexpectedly and was restarted (see the logs)",
+    ["task"],
+)
 DELIVERY_LAG = Histogram(
     "duckcast_event_delivery_lag_seconds",
     "From an event's commit to its write on a subscriber's socket",

@@ -54,7 +54,7 @@ def create_app(
         # Nobody publishes to this worker: it can only learn of changes by asking the store.
         logger.warning("no REDIS_URL: change events reach this worker by polling the store")
         poll = 0.1
-    relay = EventRelay(backplane, store, hub, poll_interval=poll)
+    relay = EventRelay(backplane, store, hub, poll_interval=poll, inbox=settings.relay_inbox)
     failures = RedisCounts(settings.redis_url) if settings.redis_url else MemoryCounts()
     throttle = LoginThrottle(
         failures,

@@ -16,12 +16,12 @@ import logging
 import time
 from collections import deque
 from collections.abc import Callable
-from typing import NamedTuple
 
 import orjson
 
 from service.metrics import DROPPED, SUBSCRIBERS
 from service.pb import duckcast_pb2 as pb
+from service.realtime.filters import NO_FILTERS, Filters
 from service.wire import event_json, item_json
 
 logger = logging.getLogger(__name__)
@@ -75,24 +75,6 @@ class EncodedEvent:
 
 def reset_event(seq: int) -> EncodedEvent:
     return EncodedEvent(pb.DomainEvent(type=pb.RESET, seq=seq))
-
-
-class Filters(NamedTuple):
-    """The `owner_id` and `status` query filters, applied in the hub."""
-
-    owner_id: int | None = None
-    status: str | None = None
-
-    def match(self, ev: EncodedEvent) -> bool:
-        if ev.event.type == pb.RESET:
-            return True
-        item = ev.event.item
-        if self.owner_id is not None and item.owner_id != self.owner_id:
-            return False
-        return self.status is None or item.status == self.status
-
-
-NO_FILTERS = Filters()
 
 
 class SubscriptionClosed(Exception):

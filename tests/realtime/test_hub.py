@@ -9,7 +9,8 @@ import orjson
 import pytest
 
 from service.pb import duckcast_pb2 as pb
-from service.realtime.hub import EncodedEvent, Filters, Hub, Subscription, SubscriptionClosed
+from service.realtime.filters import Filters
+from service.realtime.hub import EncodedEvent, Hub, Subscription, SubscriptionClosed
 
 _seq = 0
 
@@ -19,9 +20,11 @@ def event(
     item_id: int,
     owner_id: int = 1,
     status: str = "active",
+    before: str | None = None,
     **fields: Any,
 ) -> pb.DomainEvent:
-    """A change event as the store emits it: on DELETED, `item` is the item's last state."""
+    """A change event as the store emits it: on DELETED, `item` is the item's last state;
+    `previous` (UPDATED: status `before`, DELETED: the last state) is what it was before."""
     global _seq
     _seq += 1
     item = pb.Item(
@@ -35,6 +38,9 @@ def event(
     )
     if kind == pb.DELETED:
         ev.deleted_id = item_id
+    if kind != pb.CREATED:
+        ev.previous.owner_id = owner_id
+        ev.previous.status = before or status
     return ev
 
 
@@ -52,8 +58,9 @@ def seqs(events: list[EncodedEvent]) -> list[int]:
 
 async def test_filters_deliver_only_matching_events() -> None:
     """A subscriber with filters gets exactly the events whose item matches them (owner_id,
-    status, both); an update is judged by the item's new state and a delete by the deleted
-    item's last state; a reset reaches everyone; an unfiltered subscriber gets everything."""
+    status, both) before OR after the change: a create by its new state, a delete by the
+    deleted item's last state, an update by either (so it sees the item leave and re-enter);
+    a reset reaches everyone; an unfiltered subscriber gets everything."""
     hub = Hub()
     everyone = hub.subscribe(Filters(), "test")
     owner2 = hub.subscribe(Filters(owner_id=2), "test")
@@ -64,13 +71,15 @@ async def test_filters_deliver_only_matching_events() -> None:
         event(pb.CREATED, 1, owner_id=1, status="active"),
         b2 := event(pb.CREATED, 2, owner_id=2, status="active"),
         b3 := event(pb.CREATED, 3, owner_id=2, status="completed"),
-        b2done := event(pb.UPDATED, 2, owner_id=2, status="completed"),
-        a1done := event(pb.UPDATED, 1, owner_id=1, status="completed"),
+        b2done := event(pb.UPDATED, 2, owner_id=2, status="completed", before="active"),
+        a1done := event(pb.UPDATED, 1, owner_id=1, status="completed", before="active"),
         b2gone := event(pb.DELETED, 2, owner_id=2, status="completed"),
         event(pb.CREATED, 4, owner_id=1, status="active"),
         event(pb.DELETED, 4, owner_id=1, status="active"),
         b5 := event(pb.CREATED, 5, owner_id=2, status="active"),
         b5gone := event(pb.DELETED, 5, owner_id=2, status="active"),
+        b3back := event(pb.UPDATED, 3, owner_id=2, status="active", before="completed"),
+        event(pb.UPDATED, 1, owner_id=1, status="completed", before="completed"),
     ]
     hub.publish(events)
     reset = events[-1].seq + 1
@@ -84,10 +93,26 @@ async def test_filters_deliver_only_matching_events() -> None:
         b2gone.seq,
         b5.seq,
         b5gone.seq,
+        b3back.seq,
         reset,
     ]
-    assert seqs(await drain(completed)) == [b3.seq, b2done.seq, a1done.seq, b2gone.seq, reset]
-    assert seqs(await drain(owner2_active)) == [b2.seq, b5.seq, b5gone.seq, reset]
+    assert seqs(await drain(completed)) == [
+        b3.seq,
+        b2done.seq,
+        a1done.seq,
+        b2gone.seq,
+        b3back.seq,  # left the view
+        events[-1].seq,
+        reset,
+    ]
+    assert seqs(await drain(owner2_active)) == [
+        b2.seq,
+        b2done.seq,  # left the view
+        b5.seq,
+        b5gone.seq,
+        b3back.seq,  # entered the view
+        reset,
+    ]
     assert hub.seq == reset
 
 

@@ -22,7 +22,8 @@ from service.api.deps import stream_session
 from service.api.errors import error_response
 from service.errors import DuckcastError, Invalid
 from service.metrics import DELIVERIES
-from service.realtime.hub import Filters, Hub, Subscription, SubscriptionClosed
+from service.realtime.filters import Filters
+from service.realtime.hub import Hub, Subscription, SubscriptionClosed
 from service.realtime.stream import events_for
 from service.storeclient import StoreClient
 from service.wire import INT64_MAX, STATUSES, bounded_int
