@@ -134,6 +134,12 @@ RELAY_RESTARTS = Counter(
     "Times a relay task failed or ended unexpectedly and was restarted (see the logs)",
     ["task"],
 )
+READ_CACHE = Counter(
+    "duckcast_read_cache_requests_total",
+    "Item and first-page reads by whether the worker's read cache answered them (hit) or the "
+    "store did (miss: not cached, or the cache behind the seq the request presented)",
+    ["kind", "result"],
+)
 DELIVERY_LAG = Histogram(
     "duckcast_event_delivery_lag_seconds",
     "From an event's commit to its write on a subscriber's socket",

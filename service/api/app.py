@@ -27,6 +27,7 @@ from service.config import Settings
 from service.keys import Keys, load_keys
 from service.metrics import preinitialise_routes
 from service.realtime.hub import Hub
+from service.realtime.readcache import ReadCache
 from service.realtime.relay import EventRelay
 from service.storeclient import StoreClient, connect_store
 
@@ -55,6 +56,9 @@ def create_app(
         logger.warning("no REDIS_URL: change events reach this worker by polling the store")
         poll = 0.1
     relay = EventRelay(backplane, store, hub, poll_interval=poll, inbox=settings.relay_inbox)
+    read_cache = ReadCache(settings.read_cache_bytes) if settings.read_cache_bytes else None
+    if read_cache is not None:
+        relay.listen(read_cache.on_events, read_cache.on_reset)
     failures = RedisCounts(settings.redis_url) if settings.redis_url else MemoryCounts()
     throttle = LoginThrottle(
         failures,
@@ -99,6 +103,7 @@ def create_app(
     app.state.settings = settings
     app.state.store = store
     app.state.hub = hub
+    app.state.read_cache = read_cache
     app.state.keys = keys
     app.state.signer = TokenSigner(keys.token, settings.token_ttl_seconds)
     app.state.revoked = revoked

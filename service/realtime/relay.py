@@ -60,7 +60,7 @@ class EventRelay:
         self._inbox: asyncio.Queue[bytes | None] = asyncio.Queue(maxsize=inbox)
         self._tasks: list[asyncio.Task[None]] = []
         self._listeners: list[tuple[EventsListener, ResetListener]] = []
-        self._seq_gauge = RELAY_SEQ.labels(backplane.kind)
+        self._seq_gauge = RELAY_SEQ.labels(backplane.label)
         self.started = asyncio.Event()
 
     def listen(self, on_events: EventsListener, on_reset: ResetListener) -> None:
@@ -127,6 +127,8 @@ class EventRelay:
             try:
                 self._hub.seq = await self._store.ping()
                 self._seq_gauge.set(self._hub.seq)
+                for _, on_reset in self._listeners:
+                    on_reset(self._hub.seq)  # the starting point: nothing before it is known
                 self.started.set()
             except DuckcastError as exc:
                 logger.warning("event relay waiting for the store: %s", exc)
