@@ -37,6 +37,7 @@ from service.wire import item_json, page_json
 
 ENTRY_OVERHEAD = 400  # bytes: the entry object, its dict slot, the message objects
 READ_WAIT = 0.1  # seconds a read waits for the relay to reach the seq it presented
+HIT_MISS = ("hit", "miss")
 
 
 class Cached:
@@ -124,6 +125,9 @@ class ReadCache:
         self._fetching: dict[int, int] = {}  # item id -> fills in flight
         self._touched: dict[int, int] = {}  # item id being filled -> seq of its latest event
         self._waiters: list[tuple[int, asyncio.Future[None]]] = []
+        # the counters' children, looked up once (labels() costs more than the hit itself)
+        self._item_hits, self._item_misses = (READ_CACHE.labels("item", r) for r in HIT_MISS)
+        self._page_hits, self._page_misses = (READ_CACHE.labels("page", r) for r in HIT_MISS)
 
     @property
     def enabled(self) -> bool:
@@ -217,9 +221,9 @@ class ReadCache:
             entry = self._items.get(item_id)
             if entry is not None:
                 self._items.move_to_end(item_id)
-                READ_CACHE.labels("item", "hit").inc()
+                self._item_hits.inc()
                 return entry
-        READ_CACHE.labels("item", "miss").inc()
+        self._item_misses.inc()
         epoch, start = self._epoch, self.seq
         self._fetching[item_id] = self._fetching.get(item_id, 0) + 1
         try:
@@ -245,9 +249,9 @@ class ReadCache:
             entry = self._pages.get(limit)
             if entry is not None:
                 self._pages.move_to_end(limit)
-                READ_CACHE.labels("page", "hit").inc()
+                self._page_hits.inc()
                 return entry
-        READ_CACHE.labels("page", "miss").inc()
+        self._page_misses.inc()
         epoch = self._epoch
         page = await fetch()
         entry = CachedPage.of(page)
