@@ -288,8 +288,9 @@ async def test_failed_tasks_are_logged_and_restarted(
 async def test_listeners_see_events_and_resets_before_subscribers(
     store: InProcessStoreClient,
 ) -> None:
-    """`listen()`: each batch reaches the listener in seq order before the hub has it (its
-    seq is still the previous one), and a reset reaches it before the hub resets."""
+    """`listen()`: the relay's starting seq reaches the listener as a reset (nothing before it
+    is known), each batch in seq order before the hub has it (its seq is still the previous
+    one), and a reset before the hub resets."""
     bp = MemoryBackplane()
     hub = Hub(maxsize=100_000)
     relay = EventRelay(bp, store, hub, poll_interval=NEVER)
@@ -308,6 +309,6 @@ async def test_listeners_see_events_and_resets_before_subscribers(
         await until(lambda: hub.seq == last, what="delivered")
         assert seen == [([1, 2], 0), ([3, 4], 2)]
         relay._reset(last + 10)
-        assert resets == [(last + 10, last)]
+        assert resets == [(0, 0), (last + 10, last)]  # its starting point, then the reset
     finally:
         await relay.close()
