@@ -81,6 +81,12 @@ class Settings(BaseSettings):
     # A subscriber whose socket write has been blocked this long while its position fell out
     # of the ring is dropped (SSE `event: overflow`, WebSocket 4008); it resumes from its seq.
     stream_stall_seconds: float = Field(default=2.0, gt=0, le=300)
+    # Backplane messages a worker's relay may hold before delivering them; over it they are
+    # dropped and the relay fetches the events from the store's log instead (bounded memory).
+    relay_inbox: int = Field(default=1000, ge=1)
+    # Per worker: hot items and unfiltered first list pages, kept exact by the event stream
+    # (service/realtime/readcache.py). 0 turns the cache off.
+    read_cache_bytes: int = Field(default=32 * MiB, ge=0)
     # Subscribers are woken at most once per this interval, with everything committed since:
     # fewer, larger writes per connection for a few ms of latency. 0 wakes them at once.
     stream_flush_ms: float = Field(default=10.0, ge=0, le=1000)

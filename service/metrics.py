@@ -124,6 +124,22 @@ GAP_REPAIRS = Counter(
     "duckcast_gap_repairs_total",
     "Times a relay fetched missed events from the store's log (a seq gap or a resubscription)",
 )
+RELAY_INBOX_OVERFLOWS = Counter(
+    "duckcast_relay_inbox_overflows_total",
+    "Times a relay's inbox was full (DUCKCAST_RELAY_INBOX): its queued messages were dropped "
+    "and the gap repaired from the store's log",
+)
+RELAY_RESTARTS = Counter(
+    "duckcast_relay_restarts_total",
+    "Times a relay task failed or ended unexpectedly and was restarted (see the logs)",
+    ["task"],
+)
+READ_CACHE = Counter(
+    "duckcast_read_cache_requests_total",
+    "Item and first-page reads by whether the worker's read cache answered them (hit) or the "
+    "store did (miss: not cached, or the cache behind the seq the request presented)",
+    ["kind", "result"],
+)
 DELIVERY_LAG = Histogram(
     "duckcast_event_delivery_lag_seconds",
     "From an event's commit to its write on a subscriber's socket",

@@ -116,6 +116,11 @@ def event_json(ev: pb.DomainEvent) -> dict[str, object]:
         "item": item_json(ev.item) if has_item else None,
         "deleted_id": ev.deleted_id,
         "stats": stats_json(ev.stats) if ev.HasField("stats") else None,
+        "previous": (
+            {"owner_id": ev.previous.owner_id, "status": ev.previous.status}
+            if ev.HasField("previous")
+            else None
+        ),
     }
 
 

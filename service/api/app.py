@@ -26,6 +26,7 @@ from service.backplane import Backplane, backplane_from_url
 from service.config import Settings
 from service.keys import Keys, load_keys
 from service.metrics import preinitialise_routes
+from service.realtime.readcache import ReadCache
 from service.realtime.relay import EventRelay
 from service.realtime.ring import Ring
 from service.storeclient import StoreClient, connect_store
@@ -60,7 +61,10 @@ def create_app(
         # Nobody publishes to this worker: it can only learn of changes by asking the store.
         logger.warning("no REDIS_URL: change events reach this worker by polling the store")
         poll = 0.1
-    relay = EventRelay(backplane, store, ring, poll_interval=poll)
+    relay = EventRelay(backplane, store, ring, poll_interval=poll, inbox=settings.relay_inbox)
+    read_cache = ReadCache(settings.read_cache_bytes) if settings.read_cache_bytes else None
+    if read_cache is not None:
+        relay.listen(read_cache.on_events, read_cache.on_reset)
     failures = RedisCounts(settings.redis_url) if settings.redis_url else MemoryCounts()
     throttle = LoginThrottle(
         failures,
@@ -105,6 +109,7 @@ def create_app(
     app.state.settings = settings
     app.state.store = store
     app.state.ring = ring
+    app.state.read_cache = read_cache
     app.state.keys = keys
     app.state.signer = TokenSigner(keys.token, settings.token_ttl_seconds)
     app.state.revoked = revoked

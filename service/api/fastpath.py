@@ -21,13 +21,12 @@ from starlette.types import Receive, Scope, Send
 
 from service.api.deps import user_id
 from service.api.errors import error_response
-from service.api.negotiation import render
 from service.api.observe import ROUTE_KEY
-from service.api.routes.items import create_one, etag
+from service.api.routes.items import create_one, read_item, read_page
 from service.errors import DuckcastError
 from service.pb import store_pb2 as spb
 from service.storeclient import StoreClient
-from service.wire import INT64_MAX, STATUSES, ascii_int, bounded_int, item_json, page_json
+from service.wire import INT64_MAX, STATUSES, ascii_int, bounded_int
 
 ITEM_ROUTE = "/api/items/{item_id}"
 ITEMS_ROUTE = "/api/items"
@@ -81,11 +80,7 @@ async def serve(scope: Scope, receive: Receive, send: Send) -> bool:
         if item_id is None:
             return False
 
-        async def get() -> Response:
-            item = await store.get_item(item_id)
-            return render(request, item, item_json, headers=etag(item))
-
-        await _answer(request, send, ITEM_ROUTE, get)
+        await _answer(request, send, ITEM_ROUTE, lambda: read_item(request, item_id, store))
         return True
 
     if path != ITEMS_ROUTE:
@@ -95,10 +90,7 @@ async def serve(scope: Scope, receive: Receive, send: Send) -> bool:
         if query is None:
             return False
 
-        async def page() -> Response:
-            return render(request, await store.list_items(query), page_json)
-
-        await _answer(request, send, ITEMS_ROUTE, page)
+        await _answer(request, send, ITEMS_ROUTE, lambda: read_page(request, query, store))
         return True
 
     if method == "POST":

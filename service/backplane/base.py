@@ -26,6 +26,11 @@ class Backplane(abc.ABC):
     _live: bool = False
 
     @property
+    def label(self) -> str:
+        """The `backplane` label of the metrics about it (a wrapper gives its inner one's)."""
+        return self.kind
+
+    @property
     def live(self) -> bool:
         return self._live
 

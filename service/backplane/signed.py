@@ -35,6 +35,10 @@ class SignedBackplane(Backplane):
         self._rejected = ThrottledWarning(logger)
 
     @property
+    def label(self) -> str:
+        return self._inner.label
+
+    @property
     def live(self) -> bool:
         return self._inner.live
 

@@ -393,6 +393,7 @@ class DomainEvent(_message.Message):
     ITEM_FIELD_NUMBER: _builtins.int
     DELETED_ID_FIELD_NUMBER: _builtins.int
     STATS_FIELD_NUMBER: _builtins.int
+    PREVIOUS_FIELD_NUMBER: _builtins.int
     type: Global___EventType.ValueType
     seq: _builtins.int
     deleted_id: _builtins.int
@@ -404,6 +405,13 @@ class DomainEvent(_message.Message):
     def stats(self) -> Global___Stats:
         """statistics right after this change"""
 
+    @_builtins.property
+    def previous(self) -> Global___ItemState:
+        """On UPDATED and DELETED: the owner and status the item had before this change (on DELETED
+        they equal `item`'s). Unset on CREATED and RESET. Filters match either state, so a
+        filtered subscriber sees an item enter and leave its view.
+        """
+
     def __init__(
         self,
         *,
@@ -412,14 +420,39 @@ class DomainEvent(_message.Message):
         item: Global___Item | None = ...,
         deleted_id: _builtins.int = ...,
         stats: Global___Stats | None = ...,
+        previous: Global___ItemState | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["item", b"item", "stats", b"stats"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["item", b"item", "previous", b"previous", "stats", b"stats"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["deleted_id", b"deleted_id", "item", b"item", "seq", b"seq", "stats", b"stats", "type", b"type"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["deleted_id", b"deleted_id", "item", b"item", "previous", b"previous", "seq", b"seq", "stats", b"stats", "type", b"type"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___DomainEvent: _TypeAlias = DomainEvent  # noqa: Y015
+
+@_typing.final
+class ItemState(_message.Message):
+    """The part of an item's state the stream filters (`owner_id`, `status`) look at."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    OWNER_ID_FIELD_NUMBER: _builtins.int
+    STATUS_FIELD_NUMBER: _builtins.int
+    owner_id: _builtins.int
+    status: _builtins.str
+    def __init__(
+        self,
+        *,
+        owner_id: _builtins.int = ...,
+        status: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["owner_id", b"owner_id", "status", b"status"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ItemState: _TypeAlias = ItemState  # noqa: Y015
 
 @_typing.final
 class Error(_message.Message):

@@ -706,6 +706,7 @@ class StoreResponse(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     ID_FIELD_NUMBER: _builtins.int
+    SEQ_FIELD_NUMBER: _builtins.int
     ERROR_FIELD_NUMBER: _builtins.int
     PONG_FIELD_NUMBER: _builtins.int
     ITEMS_FIELD_NUMBER: _builtins.int
@@ -722,6 +723,10 @@ class StoreResponse(_message.Message):
     UPLOAD_FIELD_NUMBER: _builtins.int
     UPLOAD_DELETED_FIELD_NUMBER: _builtins.int
     id: _builtins.int
+    seq: _builtins.int
+    """On a write's answer: the store's seq once the write committed, so at least the seq of
+    the write's own events (workers hand it to clients for read-your-writes).
+    """
     @_builtins.property
     def error(self) -> Global___StoreError: ...
     @_builtins.property
@@ -758,6 +763,7 @@ class StoreResponse(_message.Message):
         self,
         *,
         id: _builtins.int = ...,
+        seq: _builtins.int = ...,
         error: Global___StoreError | None = ...,
         pong: Global___Pong | None = ...,
         items: _duckcast_pb2.ItemList | None = ...,
@@ -776,7 +782,7 @@ class StoreResponse(_message.Message):
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["committing", b"committing", "deleted", b"deleted", "error", b"error", "events", b"events", "item", b"item", "items", b"items", "page", b"page", "pong", b"pong", "result", b"result", "revocations", b"revocations", "revoked", b"revoked", "stats", b"stats", "upload", b"upload", "upload_deleted", b"upload_deleted", "user", b"user", "user_record", b"user_record"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["committing", b"committing", "deleted", b"deleted", "error", b"error", "events", b"events", "id", b"id", "item", b"item", "items", b"items", "page", b"page", "pong", b"pong", "result", b"result", "revocations", b"revocations", "revoked", b"revoked", "stats", b"stats", "upload", b"upload", "upload_deleted", b"upload_deleted", "user", b"user", "user_record", b"user_record"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["committing", b"committing", "deleted", b"deleted", "error", b"error", "events", b"events", "id", b"id", "item", b"item", "items", b"items", "page", b"page", "pong", b"pong", "result", b"result", "revocations", b"revocations", "revoked", b"revoked", "seq", b"seq", "stats", b"stats", "upload", b"upload", "upload_deleted", b"upload_deleted", "user", b"user", "user_record", b"user_record"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType_result: _TypeAlias = _typing.Literal["error", "pong", "items", "item", "deleted", "page", "stats", "user", "user_record", "events", "committing", "revoked", "revocations", "upload", "upload_deleted"]  # noqa: Y015
     _WhichOneofArgType_result: _TypeAlias = _typing.Literal["result", b"result"]  # noqa: Y015

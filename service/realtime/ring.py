@@ -29,6 +29,7 @@ import orjson
 
 from service.metrics import DROPPED, STREAM_CLOSES, STREAM_OPENS, SUBSCRIBERS
 from service.pb import duckcast_pb2 as pb
+from service.realtime.filters import NO_FILTERS, Filters
 from service.storeclient import StoreClient
 from service.wire import event_json, item_json
 
@@ -105,24 +106,6 @@ class EncodedEvent:
 
 def reset_event(seq: int) -> EncodedEvent:
     return EncodedEvent(pb.DomainEvent(type=pb.RESET, seq=seq))
-
-
-class Filters(NamedTuple):
-    """The `owner_id` and `status` query filters, applied to each event a cursor passes."""
-
-    owner_id: int | None = None
-    status: str | None = None
-
-    def match(self, ev: EncodedEvent) -> bool:
-        if ev.event.type == pb.RESET:
-            return True
-        item = ev.event.item
-        if self.owner_id is not None and item.owner_id != self.owner_id:
-            return False
-        return self.status is None or item.status == self.status
-
-
-NO_FILTERS = Filters()
 
 
 class Connection(Protocol):

@@ -155,6 +155,9 @@ def apply_batch(
         event.item.CopyFrom(shown)
         if new is None and old is not None:
             event.deleted_id = old.id
+        if old is not None:  # so stream filters can match the state the item leaves
+            event.previous.owner_id = old.owner_id
+            event.previous.status = old.status
         plan.events.append(event)
 
     for op in ops:

@@ -220,6 +220,7 @@ class StoreEngine:
         elif kind in WRITES:
             result = await self._writer.submit(getattr(req, kind), deadline, committing)
             getattr(resp, WRITES[kind]).CopyFrom(result)
+            resp.seq = self.state.last_seq  # set at commit, before the writer answered
         elif kind == "revocations_since":
             resp.revocations.CopyFrom(self.revocations.since(req.revocations_since.after_rev))
         elif kind in ("get_user", "get_user_by_name"):

@@ -76,7 +76,12 @@ class OutboxPublisher:
             observe_outbox(self._engine.state.last_seq, self.published)
             while self.published < self._engine.state.last_seq:
                 try:
-                    await self._publish_next()
+                    if not await self._publish_next():
+                        # The writer sets the store's seq a moment before the events are
+                        # readable, and wakes us only after: asking again now would return at
+                        # once, again and again, without ever yielding the loop (a spin that
+                        # also holds the GIL the writer needs). Wait for that wake-up.
+                        break
                     backoff = 0.0
                     if failing_since is not None:
                         down = time.monotonic() - failing_since
@@ -91,20 +96,22 @@ class OutboxPublisher:
                     await asyncio.sleep(backoff)
                 observe_outbox(self._engine.state.last_seq, self.published)
 
-    async def _publish_next(self) -> None:
+    async def _publish_next(self) -> bool:
+        """Publish the next events after `published`; False if none could be read yet."""
         batch = await self._engine.events_since(self.published, MAX_EVENTS_PER_MESSAGE)
         if batch.reset:
             # Unpublished events were trimmed (the backplane was down for longer than the
             # retention): subscribers will detect the gap and get a reset from the store.
             logger.error("events after %d were trimmed before publishing", self.published)
             self._advance(batch.last_seq)
-            return
+            return True
         if not batch.events:
-            return
+            return False
         message = spb.EventBatch(events=batch.events, last_seq=batch.events[-1].seq)
         await self._backplane.publish(message.SerializeToString())
         EVENTS_PUBLISHED.inc(len(batch.events))
         self._advance(batch.events[-1].seq)
+        return True
 
     def _advance(self, seq: int) -> None:
         self.published = seq

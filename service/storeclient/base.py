@@ -58,20 +58,38 @@ class StoreClient(abc.ABC):
     ) -> pb.ItemList:
         """All or nothing. With an `idempotency_key`, the same (actor, key) within 24 h answers
         the first result again instead of writing (Invalid if `request_hash` differs)."""
+        return (await self.create_items_at(actor_id, items, idempotency_key, request_hash))[0]
+
+    async def create_items_at(
+        self,
+        actor_id: int,
+        items: Sequence[pb.ItemCreate],
+        idempotency_key: str = "",
+        request_hash: bytes = b"",
+    ) -> tuple[pb.ItemList, int]:
+        """create_items, and a seq at or after the write's events (read-your-writes)."""
         op = spb.CreateItems(
             actor_id=actor_id,
             items=items,
             idempotency_key=idempotency_key,
             request_hash=request_hash,
         )
-        return (await self._ok(spb.StoreRequest(create_items=op))).items
+        resp = await self._ok(spb.StoreRequest(create_items=op))
+        return resp.items, resp.seq
 
     async def update_item(
         self, actor_id: int, item_id: int, patch: pb.ItemUpdate, if_match: Sequence[int] = ()
     ) -> pb.Item:
         """`if_match`: versions the item must be at (PreconditionFailed otherwise)."""
+        return (await self.update_item_at(actor_id, item_id, patch, if_match))[0]
+
+    async def update_item_at(
+        self, actor_id: int, item_id: int, patch: pb.ItemUpdate, if_match: Sequence[int] = ()
+    ) -> tuple[pb.Item, int]:
+        """update_item, and a seq at or after the write's event (read-your-writes)."""
         op = spb.UpdateItem(actor_id=actor_id, item_id=item_id, patch=patch, if_match=if_match)
-        return (await self._ok(spb.StoreRequest(update_item=op))).item
+        resp = await self._ok(spb.StoreRequest(update_item=op))
+        return resp.item, resp.seq
 
     async def delete_item(self, actor_id: int, item_id: int, if_match: Sequence[int] = ()) -> int:
         op = spb.DeleteItem(actor_id=actor_id, item_id=item_id, if_match=if_match)

@@ -115,6 +115,8 @@ class Event:
     type: str  # created | updated | deleted | reset
     item_id: int
     item: dict[str, Any] | None  # the item; for a delete over SSE only {"id"} is sent: None
+    # before an update or delete: {"owner_id", "status"} (WebSocket only; None otherwise)
+    previous: dict[str, Any] | None = None
 
 
 @dataclass
@@ -254,14 +256,18 @@ class Subscriber:
 def _pb_event(ev: pb.DomainEvent) -> Event:
     kind = pb.EventType.Name(ev.type).lower()
     item = item_json(ev.item) if ev.HasField("item") else None
-    return Event(ev.seq, kind, ev.deleted_id if ev.type == pb.DELETED else ev.item.id, item)
+    previous = None
+    if ev.HasField("previous"):
+        previous = {"owner_id": ev.previous.owner_id, "status": ev.previous.status}
+    item_id = ev.deleted_id if ev.type == pb.DELETED else ev.item.id
+    return Event(ev.seq, kind, item_id, item, previous)
 
 
 def _json_event(ev: dict[str, Any]) -> Event:
     kind = ev["type"].lower()
     item = ev["item"]
     item_id = ev["deleted_id"] if kind == "deleted" else (item["id"] if item else 0)
-    return Event(ev["seq"], kind, item_id, item)
+    return Event(ev["seq"], kind, item_id, item, ev.get("previous"))
 
 
 async def all_reach(subs: list[Subscriber], seq: int, within: float) -> None:

@@ -120,8 +120,9 @@ async def test_snapshot_then_subscribe_converges_to_the_store_state(service: Ser
 
 
 async def test_filters_deliver_only_matching_events(service: Service) -> None:
-    """`owner_id` and `status` narrow a subscription to exactly the events whose item (as
-    changed, or as deleted) matches, over SSE and WebSocket alike, in seq order."""
+    """`owner_id` and `status` narrow a subscription to exactly the events whose item matches
+    before or after the change (created: after; deleted: before; updated: either, so an item
+    is seen leaving the view), over SSE and WebSocket alike, in seq order."""
     base = service.url
     alice, bob = await signup_all(base, "alice", "bob")
     start = (await list_page(base, alice))["seq"]
@@ -145,11 +146,22 @@ async def test_filters_deliver_only_matching_events(service: Service) -> None:
     await all_reach([everything], last, 30)
     assert_exact(everything, start + 1, last)
 
+    leaving: list[int] = []
     for sub, match in filtered:
-        expected = [e.seq for e in everything.events if match(e.item)]
+        expected = [
+            e.seq
+            for e in everything.events
+            if match(e.item) or (e.previous is not None and match(e.previous))
+        ]
+        leaving += [
+            e.seq
+            for e in everything.events
+            if e.type == "updated" and not match(e.item) and match(e.previous)
+        ]
         assert 0 < len(expected) < 300, "the filter matches some events, not all"
         await all_reach([sub], expected[-1], 30)
         assert sub.seqs == expected, (sub.transport, sub.params)
+    assert leaving, "the mix has updates that take items out of a view"
     await asyncio.gather(everything.stop(), *(sub.stop() for sub, _ in filtered))
 
 

@@ -8,11 +8,13 @@ import contextlib
 import logging
 import re
 from collections.abc import AsyncIterator
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 import redis.asyncio as aioredis
 
+from service.backplane.memory import MemoryBackplane
 from service.backplane.redis import RedisBackplane
 from service.constants import EVENTS_CHANNEL
 from service.pb import duckcast_pb2 as pb
@@ -282,3 +284,43 @@ async def test_restart_before_the_first_publish_still_publishes_the_backlog(
             assert [s for m in messages for s in m] == [1, 2, 3]
     finally:
         engine.close()
+
+
+async def test_seq_seen_before_its_events_waits_for_the_wake_instead_of_spinning(
+    engine: StoreEngine, store: InProcessStoreClient, tmp_path: Path
+) -> None:
+    """The writer thread sets the store's seq a moment before the events enter the log it
+    reads, and wakes the publisher only after. A publisher woken inside that window reads no
+    events: it must wait for the wake-up, not ask again at once (each answer comes without
+    yielding the loop, so it would spin, holding the GIL the writer needs). The window is
+    reproduced by advancing the seq the publisher sees; the spy stops a spin after 50 calls."""
+    backplane = MemoryBackplane()
+    publisher = OutboxPublisher(engine, backplane, tmp_path / "published_seq")
+    await publisher.start()
+    try:
+        await store.create_items(1, create())
+        await until(lambda: publisher.published == engine.state.last_seq, what="published")
+        calls = 0
+        real = engine.events_since
+
+        async def spy(after: int, limit: int) -> spb.EventBatch:
+            nonlocal calls
+            calls += 1
+            if calls > 50:
+                raise RuntimeError("spinning")  # the publisher backs off: the test ends
+            return await real(after, limit)
+
+        engine.events_since = spy  # type: ignore[method-assign]
+        committed = engine.state
+        engine.state = replace(committed, last_seq=committed.last_seq + 1)  # seq, no events
+        publisher._wake.set()
+        for _ in range(20):  # loop turns enough for many retries
+            await asyncio.sleep(0)
+        assert calls == 1, f"asked the log {calls} times without a wake-up"
+
+        engine.state = committed  # the window closes; a real commit wakes it
+        last = (await store.create_items(1, create())).items[0]
+        await until(lambda: publisher.published == engine.state.last_seq, what="published")
+        assert last.id and calls == 2
+    finally:
+        await publisher.close()

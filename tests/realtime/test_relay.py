@@ -1,4 +1,4 @@
-"""The relay's gap repair: whatever the backplane loses, the hub still gets every committed
+"""The relay's gap repair: whatever the backplane loses, the ring still gets every committed
 event once, in seq order, because the store's event log (not the backplane) is the truth.
 
 The store is a real StoreEngine on DuckDB; nothing publishes automatically (no OutboxPublisher),
@@ -9,15 +9,21 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
 
 from service.backplane import Backplane
 from service.backplane.memory import MemoryBackplane
 from service.backplane.redis import RedisBackplane
+from service.metrics import RELAY_INBOX_OVERFLOWS, RELAY_RESTARTS, RELAY_SEQ
 from service.pb import duckcast_pb2 as pb
 from service.pb import store_pb2 as spb
 from service.realtime.relay import EventRelay
 from service.realtime.ring import Ring
+from service.store.engine import StoreEngine
 from service.storeclient.inprocess import InProcessStoreClient
 from tests.conftest import RedisServer
 from tests.realtime.conftest import TIMEOUT, RingReader, until
@@ -182,3 +188,126 @@ async def test_close_returns_promptly_while_subscribing(
         f"close() hung after {hung} loop turns: the cancellation was swallowed inside the "
         "subscription (Python 3.11 asyncio.wait_for in redis-py's send_packed_command)"
     )
+
+
+def sample(metric: Any, *labels: str) -> float:
+    value: float = (metric.labels(*labels) if labels else metric)._value.get()
+    return value
+
+
+async def test_inbox_overflow_drops_payloads_and_repairs_from_the_log(
+    store: InProcessStoreClient,
+) -> None:
+    """With an inbox of 2 messages and 10 arriving at once, the relay keeps at most 2, drops
+    the rest, counts the overflow, and delivers every event anyway, once and in order, from
+    the store's log (no poll to help)."""
+    bp = MemoryBackplane()
+    hub = Ring(max_events=100_000)
+    sub = RingReader(hub)
+    relay = EventRelay(bp, store, hub, poll_interval=NEVER, inbox=2)
+    overflows = sample(RELAY_INBOX_OVERFLOWS)
+    await relay.start()
+    try:
+        async with asyncio.timeout(TIMEOUT):
+            await relay.started.wait()
+        await until(lambda: relay._inbox.empty(), what="first repair done")
+        payloads = []
+        for _ in range(10):
+            seq = await store.ping()
+            payloads.append(await batch(store, seq, await write(store, 1)))
+        for payload in payloads:  # all queued at the backplane before the pump runs
+            await bp.publish(payload)
+        last = await store.ping()
+        got = await received_until(sub, last, [])
+        assert got == list(range(1, last + 1))
+        assert sample(RELAY_INBOX_OVERFLOWS) > overflows
+        assert relay._inbox.maxsize == 2
+        assert sample(RELAY_SEQ, "memory") == last == hub.seq
+    finally:
+        await relay.close()
+
+
+class FailingOnce(MemoryBackplane):
+    """A backplane whose first subscription fails with an unexpected error."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.attempts = 0
+
+    async def subscribe(self) -> AsyncIterator[bytes | None]:
+        self.attempts += 1
+        if self.attempts == 1:
+            raise RuntimeError("backplane bug")
+        async for payload in super().subscribe():
+            yield payload
+
+
+class PingFailsOnce(InProcessStoreClient):
+    def __init__(self, engine: StoreEngine) -> None:
+        super().__init__(engine)
+        self.failed = False
+
+    async def ping(self) -> int:
+        if not self.failed:
+            self.failed = True
+            raise RuntimeError("store client bug")
+        return await super().ping()
+
+
+async def test_failed_tasks_are_logged_and_restarted(
+    engine: StoreEngine, caplog: pytest.LogCaptureFixture
+) -> None:
+    """An unexpected error in the pump (the backplane's subscription) and in the relay's run
+    (the store's first ping) is logged with its traceback, counted, and the task restarted:
+    the relay starts and delivers what is published afterwards."""
+    caplog.set_level(logging.ERROR, logger="service.realtime.relay")
+    store = PingFailsOnce(engine)
+    bp = FailingOnce()
+    restarts = {t: sample(RELAY_RESTARTS, t) for t in ("backplane-pump", "event-relay")}
+    hub = Ring(max_events=100_000)
+    sub = RingReader(hub)
+    relay = EventRelay(bp, store, hub, poll_interval=NEVER)
+    await relay.start()
+    try:
+        async with asyncio.timeout(TIMEOUT):
+            await relay.started.wait()
+        await until(lambda: bp.attempts == 2 and bool(bp._queues), what="pump restarted")
+        last = await write(store, 3)
+        await bp.publish(await batch(store, 0, last))
+        assert await received_until(sub, last, []) == list(range(1, last + 1))
+    finally:
+        await relay.close()
+    failures = {r.getMessage(): r.exc_info for r in caplog.records}
+    for task, error in (("backplane-pump", "backplane bug"), ("event-relay", "store client bug")):
+        exc_info = failures[f"event relay: {task} failed; restarting"]
+        assert exc_info is not None and str(exc_info[1]) == error
+        assert sample(RELAY_RESTARTS, task) == restarts[task] + 1
+
+
+async def test_listeners_see_events_and_resets_before_subscribers(
+    store: InProcessStoreClient,
+) -> None:
+    """`listen()`: the relay's starting seq reaches the listener as a reset (nothing before it
+    is known), each batch in seq order before the hub has it (its seq is still the previous
+    one), and a reset before the hub resets."""
+    bp = MemoryBackplane()
+    hub = Ring(max_events=100_000)
+    relay = EventRelay(bp, store, hub, poll_interval=NEVER)
+    seen: list[tuple[list[int], int]] = []
+    resets: list[tuple[int, int]] = []
+    relay.listen(
+        lambda events: seen.append(([e.seq for e in events], hub.seq)),
+        lambda seq: resets.append((seq, hub.seq)),
+    )
+    await relay.start()
+    try:
+        async with asyncio.timeout(TIMEOUT):
+            await relay.started.wait()
+        last = await write(store, 4)
+        await bp.publish(await batch(store, 2, last))  # 1..2 come from the log first
+        await until(lambda: hub.seq == last, what="delivered")
+        assert seen == [([1, 2], 0), ([3, 4], 2)]
+        relay._reset(last + 10)
+        assert resets == [(0, 0), (last + 10, last)]  # its starting point, then the reset
+    finally:
+        await relay.close()

@@ -27,9 +27,11 @@ def event(
     item_id: int,
     owner_id: int = 1,
     status: str = "active",
+    before: str | None = None,
     **fields: Any,
 ) -> pb.DomainEvent:
-    """A change event as the store emits it: on DELETED, `item` is the item's last state."""
+    """A change event as the store emits it: on DELETED, `item` is the item's last state;
+    `previous` (UPDATED: status `before`, DELETED: the last state) is what it was before."""
     global _seq
     _seq += 1
     item = pb.Item(
@@ -43,6 +45,9 @@ def event(
     )
     if kind == pb.DELETED:
         ev.deleted_id = item_id
+    if kind != pb.CREATED:
+        ev.previous.owner_id = owner_id
+        ev.previous.status = before or status
     return ev
 
 
@@ -104,8 +109,9 @@ def seqs(events: list[EncodedEvent]) -> list[int]:
 
 async def test_filters_deliver_only_matching_events() -> None:
     """A subscriber with filters gets exactly the events whose item matches them (owner_id,
-    status, both); an update is judged by the item's new state and a delete by the deleted
-    item's last state; a reset reaches everyone; an unfiltered subscriber gets everything."""
+    status, both) before OR after the change: a create by its new state, a delete by the
+    deleted item's last state, an update by either (so it sees the item leave and re-enter);
+    an unfiltered subscriber gets everything."""
     global _seq
     _seq = 0
     ring = started()
@@ -123,13 +129,15 @@ async def test_filters_deliver_only_matching_events() -> None:
         event(pb.CREATED, 1, owner_id=1, status="active"),
         b2 := event(pb.CREATED, 2, owner_id=2, status="active"),
         b3 := event(pb.CREATED, 3, owner_id=2, status="completed"),
-        b2done := event(pb.UPDATED, 2, owner_id=2, status="completed"),
-        a1done := event(pb.UPDATED, 1, owner_id=1, status="completed"),
+        b2done := event(pb.UPDATED, 2, owner_id=2, status="completed", before="active"),
+        a1done := event(pb.UPDATED, 1, owner_id=1, status="completed", before="active"),
         b2gone := event(pb.DELETED, 2, owner_id=2, status="completed"),
         event(pb.CREATED, 4, owner_id=1, status="active"),
         event(pb.DELETED, 4, owner_id=1, status="active"),
         b5 := event(pb.CREATED, 5, owner_id=2, status="active"),
         b5gone := event(pb.DELETED, 5, owner_id=2, status="active"),
+        b3back := event(pb.UPDATED, 3, owner_id=2, status="active", before="completed"),
+        a1again := event(pb.UPDATED, 1, owner_id=1, status="completed", before="completed"),
     ]
     ring.publish(events)
     last = events[-1].seq
@@ -144,9 +152,23 @@ async def test_filters_deliver_only_matching_events() -> None:
         b2gone.seq,
         b5.seq,
         b5gone.seq,
+        b3back.seq,
     ]
-    assert seqs(completed.got) == [b3.seq, b2done.seq, a1done.seq, b2gone.seq]
-    assert seqs(owner2_active.got) == [b2.seq, b5.seq, b5gone.seq]
+    assert seqs(completed.got) == [
+        b3.seq,
+        b2done.seq,
+        a1done.seq,
+        b2gone.seq,
+        b3back.seq,  # left the view
+        a1again.seq,
+    ]
+    assert seqs(owner2_active.got) == [
+        b2.seq,
+        b2done.seq,  # left the view
+        b5.seq,
+        b5gone.seq,
+        b3back.seq,  # entered the view
+    ]
 
 
 async def test_one_encoding_shared_by_every_subscriber() -> None:

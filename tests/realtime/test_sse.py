@@ -142,9 +142,10 @@ async def test_resume_from_the_future_gets_reset(live: Live) -> None:
             assert (nxt.seq, nxt.json()) == (current + 1, item)
 
 
-async def test_filters_narrow_the_stream(live: Live) -> None:
-    """`?owner_id=` and `?status=` (alone or together) deliver only the changes whose item
-    matches, judging an update by the new state and a delete by the item's last state."""
+async def test_filters_see_items_enter_and_leave(live: Live) -> None:
+    """`?owner_id=` and `?status=` (alone or together) deliver the changes whose item matches
+    before OR after the change: a `status=active&owner_id=bob` subscriber sees bob's item
+    created, leave its view (completed), re-enter it (active again) and be deleted."""
     alice, bob = await live.user("alice"), await live.user("bob")
     streams: dict[str, dict[str, Any]] = {
         "bob": {"owner_id": bob.id},
@@ -170,13 +171,14 @@ async def test_filters_narrow_the_stream(live: Live) -> None:
         b3 = await create_item(http, bob, title="b3")
         await delete_item(http, bob, b3["id"])
         a2 = await create_item(http, alice, title="a2", status="completed")
-        # the end of each stream: bob's `m` matches bob-active when created and completed
-        # when updated; bob matches both
-        m = await create_item(http, bob, title="m")
-        m_created = await settled(live)
-        m = await update_item(http, bob, m["id"], status="completed")
+        m = await create_item(http, bob, title="m")  # enters bob-active
+        await update_item(http, bob, m["id"], status="completed")  # leaves it
+        await update_item(http, bob, m["id"], title="m2")  # outside it: not seen
+        await update_item(http, bob, m["id"], status="active")  # re-enters it
+        reactivated = await settled(live)
+        await delete_item(http, bob, m["id"])  # leaves it for good
         last = await settled(live)
-        ends = {"bob": last, "completed": last, "bob-active": m_created}
+        ends = {"bob": last, "completed": reactivated, "bob-active": last}
         for name, sse in readers.items():
             events = await sse.changes_until(ends[name])
             assert events[-1].seq == ends[name]
@@ -192,6 +194,9 @@ async def test_filters_narrow_the_stream(live: Live) -> None:
         (d, b3["id"]),
         (c, m["id"]),
         (u, m["id"]),
+        (u, m["id"]),
+        (u, m["id"]),
+        (d, m["id"]),
     ]
     assert got["completed"] == [
         (c, b2["id"]),
@@ -199,9 +204,20 @@ async def test_filters_narrow_the_stream(live: Live) -> None:
         (u, a1["id"]),
         (d, b2["id"]),
         (c, a2["id"]),
-        (u, m["id"]),
+        (u, m["id"]),  # enters
+        (u, m["id"]),  # changes inside
+        (u, m["id"]),  # leaves
     ]
-    assert got["bob-active"] == [(c, b1["id"]), (c, b3["id"]), (d, b3["id"]), (c, m["id"])]
+    assert got["bob-active"] == [
+        (c, b1["id"]),
+        (u, b1["id"]),  # leaves
+        (c, b3["id"]),
+        (d, b3["id"]),
+        (c, m["id"]),
+        (u, m["id"]),  # leaves
+        (u, m["id"]),  # re-enters
+        (d, m["id"]),
+    ]
 
 
 async def test_requires_credentials(live: Live) -> None:

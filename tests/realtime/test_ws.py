@@ -64,7 +64,8 @@ async def test_protobuf_frames_by_default(live: Live) -> None:
 
 async def test_json_frames_mirror_the_protobuf_ones(live: Live) -> None:
     """With `?format=json` each change is a text frame with the same fields as the protobuf
-    DomainEvent: type (its name), seq, item (as the REST API shows it), deleted_id, stats."""
+    DomainEvent: type (its name), seq, item (as the REST API shows it), deleted_id, stats,
+    previous (null on a create)."""
     alice = await live.user("alice")
     async with (
         live.http() as http,
@@ -77,12 +78,17 @@ async def test_json_frames_mirror_the_protobuf_ones(live: Live) -> None:
         await delete_item(http, alice, created["id"])
         for _ in range(3):
             ev, js = await recv_event(binary), await recv_json(text)
-            assert set(js) == {"type", "seq", "item", "deleted_id", "stats"}
+            assert set(js) == {"type", "seq", "item", "deleted_id", "stats", "previous"}
             assert js["type"] == pb.EventType.Name(ev.type)
             assert js["seq"] == ev.seq
             assert js["item"] == item_json(ev.item)
             assert js["deleted_id"] == ev.deleted_id
             assert js["stats"] == stats_json(ev.stats)
+            if ev.HasField("previous"):
+                prev = ev.previous
+                assert js["previous"] == {"owner_id": prev.owner_id, "status": prev.status}
+            else:
+                assert js["previous"] is None and ev.type == pb.CREATED
         assert js["type"] == "DELETED" and js["deleted_id"] == created["id"]
 
 

@@ -23,7 +23,8 @@ from service.api.deps import stream_session
 from service.api.errors import error_response
 from service.errors import DuckcastError, Invalid, StoreUnavailable
 from service.metrics import DELIVERIES, DELIVERY_LAG
-from service.realtime.ring import Closed, Cursor, EncodedEvent, Filters, Ring
+from service.realtime.filters import Filters
+from service.realtime.ring import Closed, Cursor, EncodedEvent, Ring
 from service.realtime.stream import deliver
 from service.storeclient import StoreClient
 from service.wire import INT64_MAX, STATUSES, bounded_int

@@ -9,7 +9,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from service.api.deps import CurrentUser, StoreDep
-from service.api.negotiation import documented, parse_body, render
+from service.api.negotiation import JSON, documented, parse_body, render, response_type
 from service.api.params import AsciiInt
 from service.api.schemas import (
     BULK_MAX,
@@ -26,6 +26,7 @@ from service.api.schemas import (
 from service.errors import Invalid
 from service.pb import duckcast_pb2 as pb
 from service.pb import store_pb2 as spb
+from service.realtime.readcache import Cached, ReadCache
 from service.storeclient import StoreClient
 from service.wire import INT64_MAX, ascii_int, item_json, item_list_json, page_json, stats_json
 
@@ -40,6 +41,64 @@ NO_VERSION = 0  # versions start at 1: a tag that can never match stands for thi
 
 def etag(item: pb.Item) -> dict[str, str]:
     return {"ETag": f'"{item.version}"'}
+
+
+# Read-your-writes across workers: every write answers the store's seq after it, and a read
+# presenting it is answered from a worker's read cache only once that cache has reached it.
+SEQ_HEADER = "Duckcast-Seq"
+SEQ = {
+    SEQ_HEADER: "The store's seq after this write. Present it on a read (same header) to get"
+    " at least this write back from any worker."
+}
+WANT_SEQ = {SEQ_HEADER: "A seq from a write's answer: the read reflects at least that write."}
+
+
+def wrote(request: Request, seq: int) -> dict[str, str]:
+    """The answer's SEQ_HEADER for a write at `seq`. This worker's reads then need at least
+    that seq (read-your-writes on one worker, with or without the header)."""
+    cache: ReadCache | None = request.app.state.read_cache
+    if cache is not None:
+        cache.wrote(seq)
+    return {SEQ_HEADER: str(seq)}
+
+
+def wanted_seq(request: Request) -> int | None:
+    value = request.headers.get(SEQ_HEADER)
+    if value is None:
+        return None
+    seq = ascii_int(value)
+    if seq is None or seq > INT64_MAX:
+        raise Invalid(f"{SEQ_HEADER}: must be a seq, in ASCII digits")
+    return seq
+
+
+def _cached(request: Request, entry: Cached, headers: dict[str, str] | None = None) -> Response:
+    media = response_type(request)
+    body = entry.json if media == JSON else entry.proto
+    return Response(body, media_type=media, headers=headers)
+
+
+async def read_item(request: Request, item_id: int, store: StoreClient) -> Response:
+    """GET /api/items/{id} (the fast path answers through here too)."""
+    cache: ReadCache | None = request.app.state.read_cache
+    if cache is None:
+        item = await store.get_item(item_id)
+        return render(request, item, item_json, headers=etag(item))
+    entry = await cache.item(item_id, wanted_seq(request), lambda: store.get_item(item_id))
+    return _cached(request, entry, etag(entry.item))
+
+
+async def read_page(request: Request, query: spb.ListItems, store: StoreClient) -> Response:
+    """GET /api/items (the fast path answers through here too); the unfiltered first page of
+    any size may come from the worker's read cache."""
+    cache: ReadCache | None = request.app.state.read_cache
+    first = query.page == 1 and not (query.HasField("owner_id") or query.HasField("status"))
+    if cache is None or not first or query.HasField("q"):
+        return render(request, await store.list_items(query), page_json)
+    need = wanted_seq(request)
+    return _cached(
+        request, await cache.first_page(query.limit, need, lambda: store.list_items(query))
+    )
 
 
 def if_match(request: Request) -> list[int]:
@@ -71,28 +130,30 @@ def idempotency_key(request: Request) -> str:
 
 async def create(
     request: Request, user: int, store: StoreClient, items: list[pb.ItemCreate], key: str
-) -> pb.ItemList:
-    """Create the items; with an Idempotency-Key, once per (user, key) within 24 h."""
+) -> tuple[pb.ItemList, int]:
+    """Create the items; with an Idempotency-Key, once per (user, key) within 24 h. Also
+    answers a seq at or after the write (SEQ_HEADER)."""
     if not key:
-        return await store.create_items(user, items)
+        return await store.create_items_at(user, items)
     # The same body in JSON or protobuf is the same request; another route is not.
     request_hash = hashlib.sha256(
         request.scope["path"].encode("utf-8", "surrogateescape")
         + b"\n"
         + pb.BulkCreateRequest(items=items).SerializeToString(deterministic=True)
     ).digest()
-    return await store.create_items(user, items, key, request_hash)
+    return await store.create_items_at(user, items, key, request_hash)
 
 
 async def create_one(request: Request, user: int, store: StoreClient) -> Response:
     """POST /api/items (the fast path answers through here too)."""
     key = idempotency_key(request)
     body = await parse_body(request, ItemCreate, pb.ItemCreate)
-    (item,) = (await create(request, user, store, [item_create_pb(body)], key)).items
-    return render(request, item, item_json, 201, etag(item))
+    created, seq = await create(request, user, store, [item_create_pb(body)], key)
+    (item,) = created.items
+    return render(request, item, item_json, 201, etag(item) | wrote(request, seq))
 
 
-@router.get("/items", **documented(response_model=ItemPageOut))
+@router.get("/items", **documented(response_model=ItemPageOut, request_headers=WANT_SEQ))
 async def list_items(
     request: Request,
     _: CurrentUser,
@@ -110,7 +171,7 @@ async def list_items(
         query.status = status
     if q:
         query.q = q
-    return render(request, await store.list_items(query), page_json)
+    return await read_page(request, query, store)
 
 
 SAFE_RETRY = {
@@ -125,37 +186,47 @@ PRECONDITION = {412: "If-Match named a version the item is not at"}
 
 @router.post(
     "/items",
-    **documented(ItemCreate, ItemOut, 201, request_headers=SAFE_RETRY, response_headers=ETAG),
+    **documented(ItemCreate, ItemOut, 201, request_headers=SAFE_RETRY, response_headers=ETAG | SEQ),
 )
 async def create_item(request: Request, user: CurrentUser, store: StoreDep) -> Response:
     return await create_one(request, user, store)
 
 
-@router.post("/items/bulk", **documented(BulkCreate, ItemListOut, 201, request_headers=SAFE_RETRY))
+@router.post(
+    "/items/bulk",
+    **documented(BulkCreate, ItemListOut, 201, request_headers=SAFE_RETRY, response_headers=SEQ),
+)
 async def bulk_create(request: Request, user: CurrentUser, store: StoreDep) -> Response:
     key = idempotency_key(request)
     body = await parse_body(request, BulkCreate, pb.BulkCreateRequest, max_items=BULK_MAX)
-    created = await create(request, user, store, [item_create_pb(c) for c in body.items], key)
-    return render(request, created, item_list_json, 201)
+    items = [item_create_pb(c) for c in body.items]
+    created, seq = await create(request, user, store, items, key)
+    return render(request, created, item_list_json, 201, wrote(request, seq))
 
 
-@router.get("/items/{item_id}", **documented(response_model=ItemOut, response_headers=ETAG))
+@router.get(
+    "/items/{item_id}",
+    **documented(response_model=ItemOut, request_headers=WANT_SEQ, response_headers=ETAG),
+)
 async def get_item(request: Request, item_id: ItemId, _: CurrentUser, store: StoreDep) -> Response:
-    item = await store.get_item(item_id)
-    return render(request, item, item_json, headers=etag(item))
+    return await read_item(request, item_id, store)
 
 
 async def _update(request: Request, item_id: int, user: int, store: StoreDep) -> Response:
     versions = if_match(request)
     body = await parse_body(request, ItemUpdate, pb.ItemUpdate)
-    item = await store.update_item(user, item_id, item_update_pb(body), versions)
-    return render(request, item, item_json, headers=etag(item))
+    item, seq = await store.update_item_at(user, item_id, item_update_pb(body), versions)
+    return render(request, item, item_json, headers=etag(item) | wrote(request, seq))
 
 
 @router.put(
     "/items/{item_id}",
     **documented(
-        ItemUpdate, ItemOut, request_headers=IF_MATCH, response_headers=ETAG, errors=PRECONDITION
+        ItemUpdate,
+        ItemOut,
+        request_headers=IF_MATCH,
+        response_headers=ETAG | SEQ,
+        errors=PRECONDITION,
     ),
 )
 async def put_item(
@@ -167,7 +238,11 @@ async def put_item(
 @router.patch(
     "/items/{item_id}",
     **documented(
-        ItemUpdate, ItemOut, request_headers=IF_MATCH, response_headers=ETAG, errors=PRECONDITION
+        ItemUpdate,
+        ItemOut,
+        request_headers=IF_MATCH,
+        response_headers=ETAG | SEQ,
+        errors=PRECONDITION,
     ),
 )
 async def patch_item(
@@ -177,13 +252,14 @@ async def patch_item(
 
 
 @router.delete(
-    "/items/{item_id}", **documented(status=204, request_headers=IF_MATCH, errors=PRECONDITION)
+    "/items/{item_id}",
+    **documented(status=204, request_headers=IF_MATCH, response_headers=SEQ, errors=PRECONDITION),
 )
 async def delete_item(
     request: Request, item_id: ItemId, user: CurrentUser, store: StoreDep
 ) -> Response:
-    await store.delete_item(user, item_id, if_match(request))
-    return Response(status_code=204)
+    seq = await store.delete_item(user, item_id, if_match(request))
+    return Response(status_code=204, headers=wrote(request, seq))
 
 
 @router.get("/stats", **documented(response_model=StatsOut))
