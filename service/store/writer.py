@@ -13,7 +13,8 @@ committing a write whose deadline has passed: it checks before applying the batc
 right before COMMIT (the apply may have taken long, or the process was paused), and answers
 StoreTimeout ("not applied"). A caller that wants to know which writes may still commit passes
 `committing`: it is called on the caller's loop right before COMMIT, and COMMIT waits until it
-has run (the store server sends the worker a Committing notice from it).
+has run, and so has whatever it scheduled there with `call_soon` (the store server queues a
+Committing notice to the worker in it, and writes all of a connection's notices at once).
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ import logging
 import queue
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, Generic, Protocol, TypeVar
 
@@ -83,6 +84,11 @@ def _resolve(future: asyncio.Future[Any], value: object) -> None:
         future.set_exception(value)
     else:
         future.set_result(value)
+
+
+def _resolve_all(answers: list[tuple[asyncio.Future[Any], object]]) -> None:
+    for future, value in answers:
+        _resolve(future, value)
 
 
 class GroupCommitWriter(Generic[Op]):
@@ -214,8 +220,7 @@ class GroupCommitWriter(Generic[Op]):
         # The batch is durable from here on: nothing below may send it back to be retried,
         # and a failing observer must not stop the callers from hearing about their writes.
         self._after_commit(plan, len(live), time.perf_counter() - started)
-        for task, result in zip(live, plan.results, strict=True):
-            self._deliver(task, result)
+        self._deliver_all(zip(live, plan.results, strict=True))
 
     def _after_commit(self, plan: BatchPlan, size: int, seconds: float) -> None:
         try:
@@ -266,6 +271,12 @@ class GroupCommitWriter(Generic[Op]):
         remaining = [len(by_loop)]
         lock = threading.Lock()
 
+        def finish() -> None:
+            with lock:
+                remaining[0] -= 1
+                if not remaining[0]:
+                    done.set()
+
         def announce(tasks: list[_Task[Op]]) -> None:
             try:
                 for task in tasks:
@@ -274,10 +285,10 @@ class GroupCommitWriter(Generic[Op]):
             except Exception:
                 logger.exception("committing notice failed")
             finally:
-                with lock:
-                    remaining[0] -= 1
-                    if not remaining[0]:
-                        done.set()
+                # After what the callbacks scheduled (the store server queues each notice
+                # and writes a connection's notices with one call_soon'd flush): callbacks run
+                # in the order they were scheduled, so the notices are out before COMMIT.
+                asyncio.get_running_loop().call_soon(finish)
 
         for loop, tasks in by_loop.items():
             try:
@@ -293,6 +304,16 @@ class GroupCommitWriter(Generic[Op]):
         # A closed loop raises RuntimeError: nobody is left to tell.
         with contextlib.suppress(RuntimeError):
             task.loop.call_soon_threadsafe(_resolve, task.future, value)
+
+    def _deliver_all(self, answers: Iterable[tuple[_Task[Op], object]]) -> None:
+        # One wake-up per caller loop for the whole batch: call_soon_threadsafe writes to the
+        # loop's self-pipe each time, which per write cost as much as the rest of delivering.
+        by_loop: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Future[Any], object]]] = {}
+        for task, value in answers:
+            by_loop.setdefault(task.loop, []).append((task.future, value))
+        for loop, resolved in by_loop.items():
+            with contextlib.suppress(RuntimeError):  # a closed loop: nobody is left to tell
+                loop.call_soon_threadsafe(_resolve_all, resolved)
 
     def _idle(self) -> None:
         if self._on_idle is None:

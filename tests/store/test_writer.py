@@ -314,3 +314,24 @@ async def test_a_committed_batch_is_never_applied_twice(
     await asyncio.gather(*tasks, return_exceptions=True)
 
     assert ops_in(ledger_db) == ["hold", "a", "b"]
+
+
+async def test_what_committing_schedules_runs_before_the_commit(start_writer: StartWriter) -> None:
+    """The store server queues a write's Committing notice in `committing` and writes all of a
+    connection's notices in one flush it schedules with call_soon: COMMIT must wait for that
+    flush too, or a worker could give up on a write being applied without having heard of it."""
+    committed = threading.Event()
+    writer, _ = start_writer(on_batch=lambda size, seconds: committed.set())
+    loop = asyncio.get_running_loop()
+    seen: list[str] = []
+
+    def flush() -> None:
+        # Holds the loop a moment: a writer that did not wait for this commits meanwhile.
+        seen.append("committed first" if committed.wait(0.3) else "flushed first")
+
+    def committing() -> bool:
+        loop.call_soon(flush)
+        return True
+
+    assert await writer.submit("x", time.time() + 30, committing) == "done:x"
+    assert seen == ["flushed first"]
