@@ -1,7 +1,8 @@
 """The single-writer funnel with group commit.
 
 One thread owns the write connection. Callers `await submit(op)`; the thread takes the first
-queued op, gathers whatever else is queued (waiting up to `window` for more), applies the batch
+queued op, gathers whatever else is queued (after waiting `window` for more when the previous
+batch held several writes), applies the batch
 set-wise in ONE transaction and delivers every result only after COMMIT. If the batch raises,
 it is rolled back and each op is retried alone, so a bad write fails alone while the others
 commit. Results reach the caller's loop with call_soon_threadsafe; a cancelled caller or a
@@ -153,6 +154,7 @@ class GroupCommitWriter(Generic[Op]):
 
     def _run(self) -> None:
         dirty = False
+        last_size = 0
         while True:
             try:
                 first = self._queue.get(timeout=self._idle_after if dirty else None)
@@ -162,7 +164,8 @@ class GroupCommitWriter(Generic[Op]):
                 continue
             if first is _STOP:
                 return
-            batch, stop = self._gather(first)
+            batch, stop = self._gather(first, wait=last_size > 1)
+            last_size = len(batch)
             if batch:
                 try:
                     self._commit_batch(batch)
@@ -174,13 +177,18 @@ class GroupCommitWriter(Generic[Op]):
             if stop:
                 return
 
-    def _gather(self, first: object) -> tuple[list[_Task[Op]], bool]:
+    def _gather(self, first: object, wait: bool) -> tuple[list[_Task[Op]], bool]:
+        """`first` and what queued behind it. With `wait` (the previous batch held several
+        writes: writers are concurrent) the window passes first, so that the writes on their
+        way join this commit instead of paying for one of their own; a lone writer never
+        waits."""
         batch: list[_Task[Op]] = [first]  # type: ignore[list-item]
-        deadline = time.monotonic() + self._window
+        if wait and self._window > 0:
+            # A sleep, not a timed queue.get: a timed get was seen to hang on this kind of VM.
+            time.sleep(self._window)
         while len(batch) < self._max_batch:
             try:
-                wait = deadline - time.monotonic()
-                task = self._queue.get(timeout=wait) if wait > 0 else self._queue.get_nowait()
+                task = self._queue.get_nowait()
             except queue.Empty:
                 break
             if task is _STOP:
