@@ -28,8 +28,9 @@ lint: $(BIN)/duckcast
 deploy-mutations: $(BIN)/duckcast
 	$(BIN)/python -m pytest -m compose_mutation tests/e2e/test_compose.py
 
+# BENCH_ARGS="--baseline /tmp/duckcast-main": a before/after table against that checkout.
 bench: $(BIN)/duckcast
-	$(BIN)/python -m loadtests.bench
+	$(BIN)/python -m loadtests.bench $(BENCH_ARGS)
 
 fanout: $(BIN)/duckcast
 	$(BIN)/python -m loadtests.fanout

@@ -18,6 +18,8 @@ Exit status: 0 when every run completed without errors, 1 when any run saw non-2
 socket errors (or, with --strict, when a target is missed), 2 when it could not run at all.
 `--profile get_item,create` also samples one API worker and the store with py-spy while the
 service serves that scenario, and prints where their time goes.
+`--baseline PATH` serves another checkout (e.g. `git worktree add --detach /tmp/duckcast-main
+main`) the same way, measured in the same interleaving, and prints a before/after table.
 """
 
 from __future__ import annotations
@@ -337,7 +339,7 @@ def script_args(scenario: Scenario, fmt: str, fx: Fixture) -> list[str]:
 class Run:
     scenario: str
     format: str
-    target: str  # "service" | "ceiling"
+    target: str  # "service" | "ceiling" | "baseline" (--baseline: the other checkout)
     rep: int
     warmup: WrkResult | None
     result: WrkResult
@@ -371,14 +373,17 @@ def _errors(run: Run) -> int:
     return run.result.errors + (run.warmup.errors if run.warmup else 0)
 
 
-def summarize(runs: list[Run]) -> list[Row]:
+def summarize(runs: list[Run], target: str = "service") -> list[Row]:
+    """One row per scenario and format: `target`'s runs against the ceiling's."""
     rows = []
     for sc in SCENARIOS:
         for fmt in FORMATS:
             mine = [r for r in runs if r.scenario == sc.name and r.format == fmt]
             if not mine:
                 continue
-            svc_runs = [r for r in mine if r.target == "service"]
+            svc_runs = [r for r in mine if r.target == target]
+            if not svc_runs:
+                continue
             svc = [r.result for r in svc_runs]
             ceil = [r.result for r in mine if r.target == "ceiling"]
             rps = statistics.median(r.rps for r in svc)
@@ -400,7 +405,7 @@ def summarize(runs: list[Run]) -> list[Row]:
                     verdict="PASS" if ratio >= sc.target else "MISS",
                     service_rps_runs=[r.rps for r in svc],
                     ceiling_rps_runs=[r.rps for r in ceil],
-                    service_errors=sum(_errors(r) for r in mine if r.target == "service"),
+                    service_errors=sum(_errors(r) for r in svc_runs),
                     ceiling_errors=sum(_errors(r) for r in mine if r.target == "ceiling"),
                     cpu_us=statistics.median(r.cpu.us_per_request for r in svc_runs),
                     ceiling_cpu_us=statistics.median(
@@ -437,6 +442,25 @@ def format_table(rows: list[Row]) -> str:
             f"{r.p50_ms:>9.2f}{r.p99_ms:>9.2f}{r.ceiling_rps:>15,.0f}"
             f"{spread(r.ceiling_rps_runs):>8}{r.ratio:>8.3f}{'>= ' + format(r.target, '.2f'):>9}"
             f"  {r.verdict:<8}{errors:>7}{r.cpu_us:>12,.0f}{r.ceiling_cpu_us:>9,.0f}"
+        )
+    return "\n".join(lines)
+
+
+def format_before_after(before: list[Row], after: list[Row]) -> str:
+    head = (
+        f"{'scenario':<24}{'format':<10}{'before req/s':>13}{'ratio':>7}{'after req/s':>12}"
+        f"{'ratio':>7}{'change':>8}{'ceiling req/s':>15}{'cpu us/req before':>19}{'after':>7}"
+    )
+    lines = [head, "-" * len(head)]
+    old = {(r.scenario, r.format): r for r in before}
+    for r in after:
+        b = old.get((r.scenario, r.format))
+        if b is None:
+            continue
+        change = f"{r.rps / b.rps - 1:+.0%}" if b.rps else "-"
+        lines.append(
+            f"{r.label:<24}{r.format:<10}{b.rps:>13,.0f}{b.ratio:>7.3f}{r.rps:>12,.0f}"
+            f"{r.ratio:>7.3f}{change:>8}{r.ceiling_rps:>15,.0f}{b.cpu_us:>19,.0f}{r.cpu_us:>7,.0f}"
         )
     return "\n".join(lines)
 
@@ -667,6 +691,13 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     )
     p.add_argument("--profile-seconds", type=float, default=10.0)
     p.add_argument("--no-measure", action="store_true", help="skip the measured runs")
+    p.add_argument(
+        "--baseline",
+        type=Path,
+        help="another checkout of Duckcast (e.g. `git worktree add --detach /tmp/duckcast-main "
+        "main`), served the same way and measured in the same interleaving: 'before' next to "
+        "this checkout's 'after'",
+    )
     p.add_argument("--strict", action="store_true", help="exit 1 when a target is missed")
     args = p.parse_args(argv)
     if args.quick:
@@ -682,6 +713,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         if unknown := set(names) - known:
             p.error(f"--{opt}: unknown scenario(s) {sorted(unknown)}; choose from {sorted(known)}")
         setattr(args, opt, names)
+    if args.baseline is not None:
+        args.baseline = args.baseline.resolve()
+        if not (args.baseline / "service" / "cli.py").is_file():
+            p.error(f"--baseline: {args.baseline} is not a Duckcast checkout")
     args.formats = [f for f in args.formats.split(",") if f]
     if not args.formats or set(args.formats) - set(FORMATS):
         p.error("--formats: choose from json,protobuf")
@@ -708,11 +743,11 @@ def sigterm_as_interrupt() -> Iterator[None]:
             signal.signal(sig, prev)
 
 
-def git_head() -> str:
+def git_head(checkout: Path = ROOT) -> str:
     try:
         done = subprocess.run(
             ["git", "rev-parse", "--short", "HEAD"],
-            cwd=ROOT,
+            cwd=checkout,
             capture_output=True,
             text=True,
             timeout=10,
@@ -761,6 +796,7 @@ def bench(args: argparse.Namespace, stack: ExitStack) -> int:
 
     def remove_dirs() -> None:
         shutil.rmtree(data_dir, ignore_errors=True)
+        shutil.rmtree(f"{data_dir}-baseline", ignore_errors=True)
         if keep_logs:
             print(f"logs kept in {work_dir}", file=sys.stderr)
         else:
@@ -838,12 +874,36 @@ def _bench(
         work_dir / "ceiling.log",
     )
     groups.append(ceiling_group)
+    baseline = None
+    if args.baseline is not None:
+        base_port = free_port()
+        while base_port in (api_port, ceiling_port):
+            base_port = free_port()
+        base_url = f"http://127.0.0.1:{base_port}"
+        # The other checkout's code first on the path: it runs as it would from its own tree.
+        base_env = child_env(REDIS_URL=redis_server.url, PYTHONPATH=str(args.baseline))
+        base_cmd = [sys.executable, "-m", "service.cli", "serve", "--workers", "2"]
+        base_cmd += ["--port", str(base_port), "--data-dir", f"{data_dir}-baseline"]
+        baseline = ProcessGroup(
+            "baseline",
+            base_cmd,
+            base_env,
+            work_dir / "baseline.log",
+            cwd=args.baseline,
+        )
+        groups.append(baseline)
     wait_http(api + "/readyz", service)
     wait_http(ceiling + "/readyz", ceiling_group)
     fx = prepare_service(api, args.items, work_dir)
     print(
         f"ready: service {api}, ceiling {ceiling}; {fx.hi - fx.lo + 1} items (ids {fx.lo}..{fx.hi})"
     )
+    targets = [("service", api, service, fx), ("ceiling", ceiling, ceiling_group, fx)]
+    if baseline is not None:
+        wait_http(base_url + "/readyz", baseline)
+        base_fx = prepare_service(base_url, args.items, work_dir)
+        targets.append(("baseline", base_url, baseline, base_fx))
+        print(f"baseline: {args.baseline} ({git_head(args.baseline)}) at {base_url}")
     print(
         f"wrk: {load.threads} threads, {load.connections} connections, {args.warmup:g}s warm-up"
         f" + {args.duration:g}s per run, {args.repeats} repeat(s), service and ceiling"
@@ -855,13 +915,12 @@ def _bench(
     if not args.no_measure:
         for sc in scenarios:
             for fmt in args.formats:
-                sargs = script_args(sc, fmt, fx)
                 for rep in range(args.repeats):
-                    order = [("service", api), ("ceiling", ceiling)]
+                    order = list(targets)
                     if rep % 2:
                         order.reverse()  # ABAB... would favour whoever goes first
-                    for target, url in order:
-                        group = service if target == "service" else ceiling_group
+                    for target, url, group, tfx in order:
+                        sargs = script_args(sc, fmt, tfx)
                         if not group.alive():
                             raise BenchError(f"{group.name} died:\n{group.tail()}")
                         warm = None
@@ -895,6 +954,7 @@ def _bench(
             )
 
     rows = summarize(runs)
+    before = summarize(runs, "baseline")
     problems = error_report(runs)
     RESULTS_DIR.mkdir(parents=True, exist_ok=True)
     out = RESULTS_DIR / f"{stamp}.json"
@@ -922,6 +982,8 @@ def _bench(
             "loadavg_after": load_after,
         },
         "summary": [asdict(r) for r in rows],
+        "baseline": str(args.baseline) if args.baseline else None,
+        "baseline_summary": [asdict(r) for r in before],
         "errors": problems,
         "runs": [
             {
@@ -948,6 +1010,9 @@ def _bench(
             " the runs, relative to their median;\ncpu us/req: CPU time of all the server's"
             " processes per answered request (median), service vs ceiling."
         )
+        if before:
+            print(f"\nbefore = {args.baseline}, after = this checkout ({git_head()}):")
+            print(format_before_after(before, rows))
         print(
             f"load average before/after: {load_before[0]:.2f} / {load_after[0]:.2f} "
             f"on {os.cpu_count()} cores (wrk shares them with the servers)"

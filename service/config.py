@@ -63,9 +63,10 @@ class Settings(BaseSettings):
     store_timeout_seconds: float = Field(default=5.0, gt=0)
     store_max_in_flight: int = Field(default=1024, ge=1)
 
-    # Group commit: how long the writer waits for more writes after the first of a batch.
-    # 0 batches only what queued up during the previous commit (no added latency).
-    commit_window_ms: float = Field(default=0.0, ge=0, le=100)
+    # Group commit: when the previous batch held several writes (concurrent writers), how long
+    # the writer waits for more before it gathers the next one; a lone writer never waits.
+    # 0 batches only what queued up during the previous commit.
+    commit_window_ms: float = Field(default=2.0, ge=0, le=100)
     max_batch: int = Field(default=2000, ge=1)
     read_threads: int = Field(default=4, ge=1, le=64)
     # Store caches, bounded by an estimate of the memory their entries hold (see

@@ -131,7 +131,7 @@ class StoreServer:
     ) -> None:
         def committing() -> bool:
             notice = spb.StoreResponse(id=req.id, committing=spb.Committing())
-            return out.send_now(encode_frame(notice.SerializeToString()))
+            return out.send_notice(encode_frame(notice.SerializeToString()))
 
         try:
             resp = await self._engine.handle(req, committing)
@@ -161,18 +161,17 @@ class _Coalescer:
         if len(self._frames) == 1:
             asyncio.get_running_loop().call_soon(self._flush)
 
-    def send_now(self, frame: bytes) -> bool:
-        """Straight to the socket (with anything pending), not at the end of the loop turn;
-        False if the connection is closing (nothing was sent)."""
+    def send_notice(self, frame: bytes) -> bool:
+        """A Committing notice: False if the connection is closing (it would not be sent).
+        It leaves with the other notices of its batch in the flush `send` schedules, which the
+        writer lets run before it commits (see GroupCommitWriter._announce): one socket write
+        per connection and batch, not one per write."""
         if self._writer.is_closing():
             return False
-        self._frames.append(frame)
-        self._flush()
+        self.send(frame)
         return True
 
     def _flush(self) -> None:
-        if not self._frames:
-            return  # sent early by send_now
         frames, self._frames = self._frames, []
         if not self._writer.is_closing():
             self._writer.write(b"".join(frames))

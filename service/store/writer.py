@@ -1,7 +1,8 @@
 """The single-writer funnel with group commit.
 
 One thread owns the write connection. Callers `await submit(op)`; the thread takes the first
-queued op, gathers whatever else is queued (waiting up to `window` for more), applies the batch
+queued op, gathers whatever else is queued (after waiting `window` for more when the previous
+batch held several writes), applies the batch
 set-wise in ONE transaction and delivers every result only after COMMIT. If the batch raises,
 it is rolled back and each op is retried alone, so a bad write fails alone while the others
 commit. Results reach the caller's loop with call_soon_threadsafe; a cancelled caller or a
@@ -13,7 +14,8 @@ committing a write whose deadline has passed: it checks before applying the batc
 right before COMMIT (the apply may have taken long, or the process was paused), and answers
 StoreTimeout ("not applied"). A caller that wants to know which writes may still commit passes
 `committing`: it is called on the caller's loop right before COMMIT, and COMMIT waits until it
-has run (the store server sends the worker a Committing notice from it).
+has run, and so has whatever it scheduled there with `call_soon` (the store server queues a
+Committing notice to the worker in it, and writes all of a connection's notices at once).
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ import logging
 import queue
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, Generic, Protocol, TypeVar
 
@@ -83,6 +85,11 @@ def _resolve(future: asyncio.Future[Any], value: object) -> None:
         future.set_exception(value)
     else:
         future.set_result(value)
+
+
+def _resolve_all(answers: list[tuple[asyncio.Future[Any], object]]) -> None:
+    for future, value in answers:
+        _resolve(future, value)
 
 
 class GroupCommitWriter(Generic[Op]):
@@ -147,6 +154,7 @@ class GroupCommitWriter(Generic[Op]):
 
     def _run(self) -> None:
         dirty = False
+        last_size = 0
         while True:
             try:
                 first = self._queue.get(timeout=self._idle_after if dirty else None)
@@ -156,7 +164,8 @@ class GroupCommitWriter(Generic[Op]):
                 continue
             if first is _STOP:
                 return
-            batch, stop = self._gather(first)
+            batch, stop = self._gather(first, wait=last_size > 1)
+            last_size = len(batch)
             if batch:
                 try:
                     self._commit_batch(batch)
@@ -168,13 +177,18 @@ class GroupCommitWriter(Generic[Op]):
             if stop:
                 return
 
-    def _gather(self, first: object) -> tuple[list[_Task[Op]], bool]:
+    def _gather(self, first: object, wait: bool) -> tuple[list[_Task[Op]], bool]:
+        """`first` and what queued behind it. With `wait` (the previous batch held several
+        writes: writers are concurrent) the window passes first, so that the writes on their
+        way join this commit instead of paying for one of their own; a lone writer never
+        waits."""
         batch: list[_Task[Op]] = [first]  # type: ignore[list-item]
-        deadline = time.monotonic() + self._window
+        if wait and self._window > 0:
+            # A sleep, not a timed queue.get: a timed get was seen to hang on this kind of VM.
+            time.sleep(self._window)
         while len(batch) < self._max_batch:
             try:
-                wait = deadline - time.monotonic()
-                task = self._queue.get(timeout=wait) if wait > 0 else self._queue.get_nowait()
+                task = self._queue.get_nowait()
             except queue.Empty:
                 break
             if task is _STOP:
@@ -214,8 +228,7 @@ class GroupCommitWriter(Generic[Op]):
         # The batch is durable from here on: nothing below may send it back to be retried,
         # and a failing observer must not stop the callers from hearing about their writes.
         self._after_commit(plan, len(live), time.perf_counter() - started)
-        for task, result in zip(live, plan.results, strict=True):
-            self._deliver(task, result)
+        self._deliver_all(zip(live, plan.results, strict=True))
 
     def _after_commit(self, plan: BatchPlan, size: int, seconds: float) -> None:
         try:
@@ -266,6 +279,12 @@ class GroupCommitWriter(Generic[Op]):
         remaining = [len(by_loop)]
         lock = threading.Lock()
 
+        def finish() -> None:
+            with lock:
+                remaining[0] -= 1
+                if not remaining[0]:
+                    done.set()
+
         def announce(tasks: list[_Task[Op]]) -> None:
             try:
                 for task in tasks:
@@ -274,10 +293,10 @@ class GroupCommitWriter(Generic[Op]):
             except Exception:
                 logger.exception("committing notice failed")
             finally:
-                with lock:
-                    remaining[0] -= 1
-                    if not remaining[0]:
-                        done.set()
+                # After what the callbacks scheduled (the store server queues each notice
+                # and writes a connection's notices with one call_soon'd flush): callbacks run
+                # in the order they were scheduled, so the notices are out before COMMIT.
+                asyncio.get_running_loop().call_soon(finish)
 
         for loop, tasks in by_loop.items():
             try:
@@ -293,6 +312,16 @@ class GroupCommitWriter(Generic[Op]):
         # A closed loop raises RuntimeError: nobody is left to tell.
         with contextlib.suppress(RuntimeError):
             task.loop.call_soon_threadsafe(_resolve, task.future, value)
+
+    def _deliver_all(self, answers: Iterable[tuple[_Task[Op], object]]) -> None:
+        # One wake-up per caller loop for the whole batch: call_soon_threadsafe writes to the
+        # loop's self-pipe each time, which per write cost as much as the rest of delivering.
+        by_loop: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Future[Any], object]]] = {}
+        for task, value in answers:
+            by_loop.setdefault(task.loop, []).append((task.future, value))
+        for loop, resolved in by_loop.items():
+            with contextlib.suppress(RuntimeError):  # a closed loop: nobody is left to tell
+                loop.call_soon_threadsafe(_resolve_all, resolved)
 
     def _idle(self) -> None:
         if self._on_idle is None:

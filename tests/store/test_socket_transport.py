@@ -131,6 +131,28 @@ async def test_many_concurrent_calls_share_one_connection(served: Served) -> Non
     assert len(served.server._connections) == 1
 
 
+async def test_writes_free_their_in_flight_slot_once_answered(
+    engine: StoreEngine, sock_dir: Path
+) -> None:
+    """Each request holds one of its connection's `max_in_flight` slots until it is answered
+    and then gives it back: more writes than slots, and failed ones too, all get answers."""
+    url = f"unix:{sock_dir}/slots.sock"
+    server = StoreServer(engine, url, key=STORE_KEY, max_in_flight=2)
+    await server.start()
+    client = SocketStoreClient(url, key=STORE_KEY)
+    client.timeout = 10.0
+    try:
+        made = await asyncio.gather(*(client.create_items(1, creates(f"w{i}")) for i in range(6)))
+        assert sorted(i.title for m in made for i in m.items) == [f"w{i}" for i in range(6)]
+        for _ in range(3):
+            with pytest.raises(NotFound):
+                await client.delete_item(1, 10_000)
+        assert (await client.create_items(1, creates("after"))).items[0].title == "after"
+    finally:
+        await client.close()
+        await server.close()
+
+
 async def test_a_store_that_is_not_there_fails_fast_and_is_not_hammered(
     engine: StoreEngine, sock_dir: Path
 ) -> None:

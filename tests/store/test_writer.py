@@ -314,3 +314,55 @@ async def test_a_committed_batch_is_never_applied_twice(
     await asyncio.gather(*tasks, return_exceptions=True)
 
     assert ops_in(ledger_db) == ["hold", "a", "b"]
+
+
+async def test_what_committing_schedules_runs_before_the_commit(start_writer: StartWriter) -> None:
+    """The store server queues a write's Committing notice in `committing` and writes all of a
+    connection's notices in one flush it schedules with call_soon: COMMIT must wait for that
+    flush too, or a worker could give up on a write being applied without having heard of it."""
+    committed = threading.Event()
+    writer, _ = start_writer(on_batch=lambda size, seconds: committed.set())
+    loop = asyncio.get_running_loop()
+    seen: list[str] = []
+
+    def flush() -> None:
+        # Holds the loop a moment: a writer that did not wait for this commits meanwhile.
+        seen.append("committed first" if committed.wait(0.3) else "flushed first")
+
+    def committing() -> bool:
+        loop.call_soon(flush)
+        return True
+
+    assert await writer.submit("x", time.time() + 30, committing) == "done:x"
+    assert seen == ["flushed first"]
+
+
+async def test_concurrent_writers_wait_the_window_to_share_a_commit(
+    start_writer: StartWriter,
+) -> None:
+    """After a batch of several writes (writers are concurrent) the writer waits the commit
+    window before gathering, so a write that arrives meanwhile joins the same commit."""
+    writer, ledger = start_writer(window=2.0)
+    hold = asyncio.create_task(writer.submit("hold"))
+    await ledger.parked()
+    together = [asyncio.create_task(writer.submit(op)) for op in ("x", "y")]
+    await settle()
+    ledger.release()
+    await asyncio.gather(hold, *together)
+    first = asyncio.create_task(writer.submit("a"))
+    await settle()  # "a" is queued
+    await wait_until(writer._queue.empty)  # the writer took "a": it is waiting the window now
+    second = asyncio.create_task(writer.submit("b"))
+    assert await asyncio.gather(first, second) == ["done:a", "done:b"]
+    assert ledger.attempts[-1] == ["a", "b"]
+
+
+async def test_a_lone_writer_does_not_wait_the_window(start_writer: StartWriter) -> None:
+    """One write at a time (each batch holds one) commits at once: the window is only for
+    concurrent writers, it adds no latency to a lone one."""
+    writer, ledger = start_writer(window=5.0)
+    started = time.monotonic()
+    for op in ("a", "b", "c"):
+        assert await writer.submit(op) == f"done:{op}"
+    assert time.monotonic() - started < 5.0
+    assert ledger.attempts == [["a"], ["b"], ["c"]]
