@@ -108,11 +108,19 @@ class Live:
 
 
 @contextlib.asynccontextmanager
-async def serve(settings: Settings) -> AsyncIterator[Live]:
-    """The app (embedded store, memory backplane) served by uvicorn on a free port."""
+async def serve(
+    settings: Settings, root_path: str = "", prepare: Callable[[FastAPI], None] | None = None
+) -> AsyncIterator[Live]:
+    """The app (embedded store, memory backplane) served by uvicorn on a free port, under
+    `uvicorn --root-path` if given; `prepare` may add to the app before it serves."""
     app = create_app(settings, backplane=MemoryBackplane())
+    if prepare is not None:
+        prepare(app)
     port = free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    config = uvicorn.Config(
+        app, host="127.0.0.1", port=port, log_level="warning", root_path=root_path
+    )
+    server = uvicorn.Server(config)
     task = asyncio.create_task(server.serve())
     try:
         async with asyncio.timeout(TIMEOUT):
