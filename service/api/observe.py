@@ -15,9 +15,9 @@ A middleware (added in service.api.app), so it wraps every route, the lean ones 
 from __future__ import annotations
 
 import logging
+import os
 import re
 import time
-import uuid
 from typing import Any
 
 from prometheus_client.metrics import Counter, Histogram
@@ -50,7 +50,7 @@ def request_id_of(scope: Scope) -> str:
                 if redact(given) == given:
                     return given
             break
-    return uuid.uuid4().hex
+    return os.urandom(16).hex()  # 32 hex digits, as uuid4().hex, at a third of the cost
 
 
 class RequestObserver:

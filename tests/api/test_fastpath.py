@@ -148,11 +148,15 @@ def live(tmp_path: Any, password_hash: str) -> Iterator[Live]:
     seeds = [pb.ItemCreate(title="seed"), pb.ItemCreate(title="other", status="completed")]
     loop.run_until_complete(store.create_items(user.id, seeds))
     served: list[str] = []
-    for route in lean_routes(app):
+    routes = lean_routes(app)
+    originals = [route.lean for route in routes]  # the route objects are the module's
+    for route in routes:
         route.lean = _recording(route.lean, route.path, served)
     try:
         yield Live(app, loop, app.state.signer.issue(user.id).value, served)
     finally:
+        for route, lean in zip(routes, originals, strict=True):
+            route.lean = lean
         loop.run_until_complete(lifespan.__aexit__(None, None, None))
         loop.close()
 

@@ -24,6 +24,7 @@ from service.config import Settings
 from service.errors import NotFound
 from service.pb import duckcast_pb2 as pb
 from service.wire import ID, LIMIT, LIMIT_DEFAULT, PAGE, PAGE_DEFAULT, QUERY_MAX_LENGTH, STATUSES
+from service.worker import uvicorn_options
 from tests.api.conftest import running
 from tests.realtime.conftest import serve
 
@@ -314,3 +315,16 @@ async def test_stream_endpoint_hands_the_server_connection_on() -> None:
     assert got["connection"] is server
     assert passed == [{"type": "http.response.start", "status": 200, "headers": []}]
     assert scope["duckcast.stream"] is True
+
+
+def test_the_root_path_setting_is_uvicorns(tmp_path: Path) -> None:
+    """DUCKCAST_ROOT_PATH reaches uvicorn in `serve` and in every gunicorn worker (whose
+    --root-path the middleware test above serves under)."""
+    settings = Settings(data_dir=tmp_path / "d", root_path=PREFIX)
+    assert uvicorn_options(settings)["root_path"] == PREFIX
+
+
+def test_a_root_path_is_a_path_prefix(tmp_path: Path) -> None:
+    for bad in ("dc", "/dc/", "//"):
+        with pytest.raises(ValueError, match="root_path"):
+            Settings(data_dir=tmp_path, root_path=bad)
