@@ -138,7 +138,8 @@ def create_app(
         per_path={"/api/upload": settings.upload_max_bytes + MULTIPART_OVERHEAD},
     )
     app.add_middleware(Utf8Query)
-    app.add_middleware(SecurityHeaders)  # so even its 500 and its log line carry the request id:
+    app.add_middleware(SecurityHeaders)
+    # outermost: even the 500 SecurityHeaders renders, and its log line, carry the request id
     app.add_middleware(RequestObserver, access_log=settings.access_log)
     preinitialise_routes(
         (method, route.path)
