@@ -162,7 +162,7 @@ def _list_query(request: Request) -> spb.ListItems | None:
         elif name == "status" and value in STATUSES:
             query.status = value
         elif name == "q" and len(value) <= QUERY_MAX_LENGTH:
-            query.ClearField("q")
+            query.ClearField("q")  # the last q wins, as for the endpoint; an empty one: no search
             if value:
                 query.q = value
         else:
