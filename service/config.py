@@ -29,6 +29,8 @@ class Settings(BaseSettings):
 
     host: str = "127.0.0.1"
     port: int = 8000
+    # The path prefix a proxy serves the API under ("/dc") and strips: uvicorn's root_path.
+    root_path: str = Field(default="", pattern=r"^(/[^/]+)*$")
     workers: int = Field(default=1, ge=1)
 
     token_ttl_seconds: int = Field(default=7 * 24 * 3600, ge=60)

@@ -4,16 +4,36 @@ and the rules for values that arrive as text (integers, statuses)."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Literal, get_args
 
 from google.protobuf.message import Message
 
 from service.pb import duckcast_pb2 as pb
 
-STATUSES = ("active", "completed")
+Status = Literal["active", "completed"]
+STATUSES: tuple[Status, ...] = get_args(Status)
 INT64_MAX = 2**63 - 1
 MAX_INT_DIGITS = len(str(INT64_MAX))
+
+
+@dataclass(frozen=True)
+class Bounds:
+    """The integers a parameter accepts, [low, high]."""
+
+    low: int
+    high: int
+
+
+# The parameter rules of the item routes, read both by their FastAPI declarations (validation
+# and OpenAPI) and by the lean handlers that answer their well-formed requests.
+ID = Bounds(1, INT64_MAX)
+PAGE = Bounds(1, 1_000_000)
+LIMIT = Bounds(1, 100)
+PAGE_DEFAULT = 1
+LIMIT_DEFAULT = 20
+QUERY_MAX_LENGTH = 200
 
 
 def ascii_int(text: str | None) -> int | None:

@@ -150,7 +150,7 @@ def http_protocol(settings: Settings) -> type[BoundedHttpProtocol]:
 
 
 def uvicorn_options(settings: Settings) -> dict[str, Any]:
-    return {**UVICORN_OPTIONS, "http": http_protocol(settings)}
+    return {**UVICORN_OPTIONS, "http": http_protocol(settings), "root_path": settings.root_path}
 
 
 class DuckcastWorker(UvicornWorker):  # type: ignore[misc]

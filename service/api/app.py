@@ -11,16 +11,17 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 from fastapi.routing import APIRoute
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import Receive, Scope, Send
 
 from service import redaction
-from service.api import errors, fastpath
+from service.api import errors
 from service.api.auth import RevokedTokens, TokenSigner
 from service.api.hashing import PasswordHashing
-from service.api.middleware import BodyLimit, SecurityHeaders
+from service.api.middleware import BodyLimit, SecurityHeaders, Utf8Query
 from service.api.observe import RequestObserver
 from service.api.revocation import RevocationSync
 from service.api.routes import docs, events, items, ops, uploads, users
+from service.api.routing import SERVER_CONNECTION
 from service.api.throttle import LoginLimits, LoginThrottle, MemoryCounts, RedisCounts
 from service.backplane import Backplane, backplane_from_url
 from service.config import Settings
@@ -105,6 +106,9 @@ def create_app(
         lifespan=lifespan,
         docs_url=None,  # service.api.routes.docs serves /docs without a CDN
         redoc_url=None,
+        # Metrics are Prometheus (service.metrics); FastAPI's OpenTelemetry hooks would look up
+        # a provider on every request to find none.
+        telemetry={"tracing": False, "metrics": False, "logs": False},
     )
     app.state.settings = settings
     app.state.store = store
@@ -129,18 +133,25 @@ def create_app(
     app.state.readiness = readiness
     app.state.degradations = degradations
     errors.install(app)
-    routers = (users.router, items.router, events.router, uploads.router, ops.router)
-    for router in routers:
-        app.include_router(router)
-    # The browser app's files and the API docs' page and files (served here: no CDN).
-    app.include_router(docs.router)
+    # One router: every route sits in the app's own router, the hot ones first (the router
+    # tries each route's pattern in turn). Not through include_router: FastAPI 0.165 matches
+    # an included router's routes twice per request, saving and restoring scope keys around
+    # each candidate. The routers add no prefix, tags or dependencies at inclusion, so nothing
+    # else differs (but app.dependency_overrides does not reach these routes).
+    routers = (items.router, events.router, users.router, uploads.router, ops.router)
+    for router in (*routers, docs.router):  # and the API docs' page and files (no CDN)
+        app.router.routes.extend(router.routes)
     app.mount("/static", ops.static_assets(), name="static")
+    # Around every route, streams and lean handlers included; the last added is the outermost.
     app.add_middleware(
         BodyLimit,
         default=settings.max_body_bytes,
         per_path={"/api/upload": settings.upload_max_bytes + MULTIPART_OVERHEAD},
     )
-    app.observer = RequestObserver(app.secured, access_log=settings.access_log)
+    app.add_middleware(Utf8Query)
+    app.add_middleware(SecurityHeaders)
+    # outermost: even the 500 SecurityHeaders renders, and its log line, carry the request id
+    app.add_middleware(RequestObserver, access_log=settings.access_log)
     preinitialise_routes(
         (method, route.path)
         for router in routers
@@ -152,51 +163,16 @@ def create_app(
 
 
 class DuckcastApp(FastAPI):
-    """FastAPI, but the two event streams go straight to their ASGI handlers (a long-lived
-    stream should hold as little as possible; service.api.routes.events), and the well-formed
-    cases of the three hottest item requests skip FastAPI's machinery (service.api.fastpath).
-    SecurityHeaders wraps all of it: no answer leaves without them. Around that, every HTTP
-    request but the streams goes through the request observer (request id, metrics, access
-    log), so even the 500 SecurityHeaders renders, and its log line, carry the request id."""
-
-    _outer: ASGIApp | None = None
-    observer: RequestObserver  # set by create_app, around `secured`
+    """FastAPI, plus the one thing no middleware can see: the server's own `send`. Each layer
+    wraps `send` in a closure, which hides uvicorn's connection object; the stream handlers need
+    it (the disconnect flag, aborting a stalled transport), so it rides in the scope
+    (service.api.routing.StreamEndpoint)."""
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and (scope["type"], scope["path"]) not in events.STREAMS:
-            await self.observer(scope, receive, send)
-        else:
-            await self.secured(scope, receive, send)
-
-    async def secured(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if self._outer is None:
-            self._outer = SecurityHeaders(self._dispatch)
-        await self._outer(scope, receive, send)
-
-    async def _dispatch(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "lifespan":
-            scope["app"] = self
-            if not _utf8(scope["query_string"]):
-                # Starlette's URL (redirects, request.url) would raise on it: refuse it here
-                await errors.refuse(scope, receive, send, "query string: not valid UTF-8")
-                return
-            stream = events.STREAMS.get((scope["type"], scope["path"]))
-            if stream is not None and scope.get("method", "GET") == "GET":
-                await stream(scope, receive, send)
-                return
-            if scope["type"] == "http" and await fastpath.serve(scope, receive, send):
-                return
+        connection = getattr(send, "__self__", None)
+        if connection is not None:
+            scope[SERVER_CONNECTION] = connection
         await super().__call__(scope, receive, send)
-
-
-def _utf8(raw: bytes) -> bool:
-    if raw.isascii():
-        return True
-    try:
-        raw.decode()
-    except UnicodeDecodeError:
-        return False
-    return True
 
 
 def _end_streams_on_signal(ring: Ring) -> Callable[[], None]:

@@ -61,9 +61,17 @@ def presented_tokens(conn: HTTPConnection) -> list[Token]:
     return list(found.values())
 
 
+# The session a lean handler verified (service.api.routing), kept for the FastAPI endpoint it
+# hands an unusual request to: a token is checked once per request.
+SESSION_KEY = "duckcast.session"
+
+
 def session(conn: HTTPConnection, allow_query: bool) -> Token:
     """The caller's valid session token: signed with this deployment's key, unexpired, not
     revoked on any worker (service.api.revocation). Unauthorized otherwise."""
+    verified: Token | None = conn.scope.get(SESSION_KEY)
+    if verified is not None and not allow_query:
+        return verified
     candidates = _candidates(conn, allow_query)
     if not candidates:
         raise Unauthorized("not authenticated: send a bearer token or the session cookie")
@@ -75,6 +83,8 @@ def session(conn: HTTPConnection, allow_query: bool) -> Token:
     if token is None or token.id in revoked:
         raise Unauthorized("invalid or expired token")
     note_user(token.user_id)  # the access log and later log records name the caller
+    if not allow_query:
+        conn.scope[SESSION_KEY] = token
     return token
 
 

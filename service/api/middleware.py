@@ -8,7 +8,9 @@ from collections.abc import Iterable
 from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from service.api.errors import refuse
 from service.api.negotiation import render_error
+from service.api.routing import route_path
 from service.errors import PayloadTooLarge
 from service.wire import ascii_int
 
@@ -27,8 +29,8 @@ class BodyLimit:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        limit = self.per_path.get(scope["path"], self.default)
-        declared = Request(scope).headers.get("content-length")
+        limit = self.per_path.get(route_path(scope), self.default)
+        declared = _content_length(scope)
         if declared is not None:
             size = ascii_int(declared)  # isdigit() would take "²", and int() then raise
             if size is None:
@@ -55,8 +57,40 @@ class BodyLimit:
         await self.app(scope, limited, send)
 
 
+def _content_length(scope: Scope) -> str | None:
+    # what Request(scope).headers.get() answers, without building one for every request
+    for name, value in scope["headers"]:
+        if name == b"content-length":
+            return bytes(value).decode("latin-1")
+    return None
+
+
+class Utf8Query:
+    """400 (a 1008 close, for a WebSocket) for a query string that is not UTF-8: Starlette's URL
+    (redirects, `request.url`) would raise on it."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "lifespan" and not _utf8(scope["query_string"]):
+            await refuse(scope, receive, send, "query string: not valid UTF-8")
+            return
+        await self.app(scope, receive, send)
+
+
+def _utf8(raw: bytes) -> bool:
+    if raw.isascii():
+        return True
+    try:
+        raw.decode()
+    except UnicodeDecodeError:
+        return False
+    return True
+
+
 class SecurityHeaders:
-    """Wraps the whole app (streams and the hot path included), so it holds for every answer:
+    """A middleware, so it holds for every answer of every route (the streams too):
 
     - `X-Content-Type-Options: nosniff` on every HTTP response;
     - `Cache-Control: no-store` on everything under /api/ (sessions, items, users: nothing a
@@ -86,16 +120,13 @@ class SecurityHeaders:
 
 
 class _SecuredSend:
-    """`send` with the headers added. It keeps the server's `send.__self__` (uvicorn's
-    connection): the stream handlers learn of a disconnect and abort a stalled transport
-    through it (service.api.connection)."""
+    """`send` with the headers added."""
 
     def __init__(self, scope: Scope, send: Send) -> None:
         self._scope = scope
         self._send = send
-        self._private = scope["path"].startswith("/api/")
+        self._private = route_path(scope).startswith("/api/")
         self.started = False
-        self.__self__ = getattr(send, "__self__", None)
 
     async def __call__(self, message: Message) -> None:
         if message["type"] == "http.response.start":

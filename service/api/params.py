@@ -1,8 +1,9 @@
 """Parameter types shared by the routes, so every route reads integers by one rule.
 
 `AsciiInt` is what a route declares instead of `int` for a path or query integer: pydantic's
-`int` also takes '+5', ' 5', '1_0' and '5.0', which the hot path (service.api.fastpath, via
-`service.wire.bounded_int`) refuses; both now accept exactly 1-19 ASCII digits, the rest is 422.
+`int` also takes '+5', ' 5', '1_0' and '5.0', which the lean handlers of the hot routes
+(service.api.routes.items, via `service.wire.bounded_int`) refuse; both accept exactly 1-19
+ASCII digits, the rest is 422.
 """
 
 from __future__ import annotations

@@ -12,10 +12,10 @@ from google.protobuf.message import Message
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from service.pb import duckcast_pb2 as pb
+from service.wire import Status
 
 Title = Annotated[str, Field(min_length=1, max_length=200)]
 Description = Annotated[str, Field(max_length=10_000)]
-Status = Literal["active", "completed"]  # service.wire.STATUSES
 Priority = Annotated[int, Field(ge=0, le=100)]
 
 

@@ -18,11 +18,10 @@ from google.protobuf.message import Message
 
 from service.client.codec import MEDIA, Format, decode, encode
 from service.pb import duckcast_pb2 as pb
+from service.wire import Status
 
 T = TypeVar("T")
 M = TypeVar("M", bound=Message)
-
-Status = Literal["active", "completed"]
 
 
 @dataclass(frozen=True, slots=True)

@@ -14,7 +14,7 @@ from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.sync.client import connect as ws_connect
 
 from service.client.base import ClientBase
-from service.client.calls import Answer, Call, PageWalk, Status
+from service.client.calls import Answer, Call, PageWalk
 from service.client.errors import ProtocolError
 from service.client.retry import Attempts
 from service.client.stream import (
@@ -26,6 +26,7 @@ from service.client.stream import (
     ws_closed,
 )
 from service.pb import duckcast_pb2 as pb
+from service.wire import Status
 
 T = TypeVar("T")
 logger = logging.getLogger(__name__)

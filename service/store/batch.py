@@ -38,9 +38,8 @@ from service.store.rows import (
 )
 from service.store.schema import ITEM_COLUMNS
 from service.store.uploads import UploadLimits, delete_upload, record_upload
-from service.wire import set_us
+from service.wire import STATUSES, set_us
 
-STATUSES = ("active", "completed")
 ItemOp = spb.CreateItems | spb.UpdateItem | spb.DeleteItem | spb.CreateUser
 WriteOp = (
     spb.CreateItems

@@ -53,7 +53,7 @@ async def test_request_id_is_taken_when_well_formed_else_made(
 async def test_fast_path_and_errors_get_a_request_id_too(
     client: httpx.AsyncClient, alice: Account
 ) -> None:
-    """The fast path (GET /api/items/{id}) and a 404 from FastAPI both carry the id."""
+    """A lean handler (GET /api/items) and a 404 from FastAPI both carry the id."""
     for path in ("/api/items", "/api/items/999999", "/nowhere"):
         r = await client.get(path, headers={**alice.headers, "X-Request-ID": "rid-1"})
         assert r.headers["x-request-id"] == "rid-1", path

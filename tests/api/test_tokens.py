@@ -18,6 +18,7 @@ from hypothesis import strategies as st
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
+from service.api import auth
 from service.api.auth import MAX_TOKEN_CHARS, TokenSigner
 from service.config import Settings
 from service.pb import duckcast_pb2 as pb
@@ -136,3 +137,19 @@ async def test_a_token_for_a_user_that_does_not_exist_is_refused(
     assert (await client.post("/api/items/bulk", json=bulk, headers=headers)).status_code == 401
     page = await client.get("/api/items", headers=alice.headers)
     assert page.json()["total"] == 0
+
+
+def test_a_verified_token_still_expires(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The signer remembers tokens it verified (the HMAC is most of the cost) but checks their
+    expiry on every use, and remembers a bounded number of them."""
+    clock = [1_000_000.0]
+    monkeypatch.setattr(auth.time, "time", lambda: clock[0])
+    signer = TokenSigner(b"k" * 32, ttl_seconds=60)
+    token = signer.issue(7).value
+    assert signer.verify(token) is not None
+    assert signer.verify(token) is not None  # remembered
+    clock[0] += 61
+    assert signer.verify(token) is None
+    for user in range(1, auth.VERIFIED_MAX + 2):
+        assert signer.verify(signer.issue(user).value) is not None
+    assert len(signer._verified) <= auth.VERIFIED_MAX

@@ -114,17 +114,22 @@ class Live:
 
 @contextlib.asynccontextmanager
 async def serve(
-    settings: Settings, prepare: Callable[[FastAPI], None] | None = None, **config: Any
+    settings: Settings,
+    root_path: str = "",
+    prepare: Callable[[FastAPI], None] | None = None,
+    **config: Any,
 ) -> AsyncIterator[Live]:
-    """The app (embedded store, memory backplane) served by uvicorn on a free port;
-    `prepare(app)` runs before the server starts, `config` goes to uvicorn.Config (e.g.
-    `ws="wsproto"`, `http="h11"`)."""
+    """The app (embedded store, memory backplane) served by uvicorn on a free port, under
+    `uvicorn --root-path` if given; `prepare(app)` runs before the server starts, `config`
+    goes to uvicorn.Config (e.g. `ws="wsproto"`, `http="h11"`)."""
     app = create_app(settings, backplane=MemoryBackplane())
     if prepare is not None:
         prepare(app)
     port = free_port()
     server = uvicorn.Server(
-        uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", **config)
+        uvicorn.Config(
+            app, host="127.0.0.1", port=port, log_level="warning", root_path=root_path, **config
+        )
     )
     task = asyncio.create_task(server.serve())
     try:

@@ -1,9 +1,10 @@
 """Change-event streams: SSE `GET /api/events` and WebSocket `GET /ws/items`.
 
-Both are plain ASGI handlers that `DuckcastApp` calls before any routing or middleware: a
-stream lives for hours, and everything FastAPI keeps per request (the request object, resolved
-dependencies, the middleware closures) would be held for as long. The FastAPI route below only
-documents the SSE endpoint in OpenAPI and calls the same handler.
+Both are plain ASGI handlers, routed by FastAPI's router like any route (so `root_path`, the
+middleware and the exception handlers hold for them) but called without a Request object or
+dependency solving (service.api.routing.StreamEndpoint): a stream lives for hours, and
+everything FastAPI keeps per request would be held for as long. The SSE route's declaration
+below documents it in OpenAPI; every request of it goes to `sse_stream`.
 """
 
 from __future__ import annotations
@@ -11,25 +12,27 @@ from __future__ import annotations
 import contextlib
 import time
 from collections.abc import Callable, Mapping
-from typing import Annotated, Any, Literal
+from typing import Annotated
 
 from fastapi import APIRouter, Header, Query
 from starlette.requests import HTTPConnection, Request
 from starlette.responses import Response
+from starlette.routing import WebSocketRoute
 from starlette.types import Receive, Scope, Send
 
 from service.api.connection import connection, release
 from service.api.deps import stream_session
 from service.api.errors import error_response
+from service.api.routing import LeanRoute, StreamEndpoint, lean
 from service.errors import DuckcastError, Invalid, StoreUnavailable
 from service.metrics import DELIVERIES, DELIVERY_LAG
 from service.realtime.filters import Filters
 from service.realtime.ring import Closed, Cursor, EncodedEvent, Ring
 from service.realtime.stream import deliver
 from service.storeclient import StoreClient
-from service.wire import INT64_MAX, STATUSES, bounded_int
+from service.wire import INT64_MAX, STATUSES, Status, bounded_int
 
-router = APIRouter(tags=["events"])
+router = APIRouter(tags=["events"], route_class=LeanRoute)
 
 RETRY_MS = 2000
 # WebSocket close codes, documented in the README.
@@ -52,8 +55,6 @@ SSE_HEADERS = [
 ]
 OVERFLOW_EVENT = b'event: overflow\ndata: {"reason": "too slow"}\n\n'
 KEEPALIVE_COMMENT = b": keep-alive\n\n"
-
-Status = Literal["active", "completed"]
 
 
 def _int(name: str, value: str | None, low: int, high: int) -> int | None:
@@ -266,18 +267,18 @@ async def ws_stream(scope: Scope, receive: Receive, send: Send) -> None:
         release(conn)
 
 
-STREAMS: dict[tuple[str, str], Callable[[Scope, Receive, Send], Any]] = {
-    ("http", "/api/events"): sse_stream,
-    ("websocket", "/ws/items"): ws_stream,
-}
+SSE = StreamEndpoint(sse_stream)
+router.routes.append(WebSocketRoute("/ws/items", StreamEndpoint(ws_stream)))
 
 
 class _Stream(Response):
+    """The declared response class, for OpenAPI: `sse_stream` answers every request."""
+
     def __init__(self) -> None:  # not Response.__init__: no body, no Content-Length
         self.background = None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        await sse_stream(scope, receive, send)
+        await SSE(scope, receive, send)
 
 
 @router.get(
@@ -286,6 +287,7 @@ class _Stream(Response):
     response_class=_Stream,
     responses={200: {"content": {"text/event-stream": {}}}},
 )
+@lean(SSE.take_all)
 async def sse_events(
     owner_id: Annotated[int | None, Query(ge=1, le=INT64_MAX)] = None,
     status: Status | None = None,
@@ -294,6 +296,6 @@ async def sse_events(
     last_event_id_header: Annotated[int | None, Header(alias="Last-Event-ID")] = None,
 ) -> Response:
     """Server-Sent Events: `connected`, then `item_created` / `item_updated` /
-    `item_deleted` (with `id:` = seq), `reset`, `overflow`; see the README. Served by
-    `sse_stream` (DuckcastApp routes the path there before FastAPI sees it)."""
+    `item_deleted` (with `id:` = seq), `reset`, `overflow`; see the README."""
+    # The declaration only: its lean handler (`sse_stream`) takes every request.
     return _Stream()

@@ -1,16 +1,24 @@
+"""The item routes. The three hottest (`GET /api/items/{id}`, `GET /api/items`,
+`POST /api/items`) each have a lean handler (service.api.routing.LeanRoute) that answers their
+well-formed requests without dependency solving, through the same work function (`get`, `page`,
+`create_one`) as the declared endpoint, which answers everything else (and is the contract and
+the OpenAPI source). Their parameter rules come from service.wire, read by both."""
+
 from __future__ import annotations
 
 import hashlib
 import re
-from typing import Annotated, Literal
+from typing import Annotated
 
 from fastapi import APIRouter, Path, Query
 from starlette.requests import Request
 from starlette.responses import Response
+from starlette.types import Receive, Scope, Send
 
-from service.api.deps import CurrentUser, StoreDep
+from service.api.deps import CurrentUser, StoreDep, user_id
 from service.api.negotiation import JSON, documented, parse_body, render, response_type
 from service.api.params import AsciiInt
+from service.api.routing import LeanRoute, lean, route_path
 from service.api.schemas import (
     BULK_MAX,
     BulkCreate,
@@ -28,11 +36,29 @@ from service.pb import duckcast_pb2 as pb
 from service.pb import store_pb2 as spb
 from service.realtime.readcache import Cached, ReadCache
 from service.storeclient import StoreClient
-from service.wire import INT64_MAX, ascii_int, item_json, item_list_json, page_json, stats_json
+from service.wire import (
+    ID,
+    LIMIT,
+    LIMIT_DEFAULT,
+    PAGE,
+    PAGE_DEFAULT,
+    QUERY_MAX_LENGTH,
+    STATUSES,
+    Bounds,
+    Status,
+    ascii_int,
+    bounded_int,
+    item_json,
+    item_list_json,
+    page_json,
+    stats_json,
+)
 
-router = APIRouter(prefix="/api", tags=["items"])
+router = APIRouter(prefix="/api", tags=["items"], route_class=LeanRoute)
 
-ItemId = Annotated[AsciiInt, Path(ge=1, le=INT64_MAX)]
+ItemId = Annotated[AsciiInt, Path(ge=ID.low, le=ID.high)]
+# The integer query parameters of GET /api/items, by name: what its lean handler accepts.
+LIST_INTS: dict[str, Bounds] = {"page": PAGE, "limit": LIMIT, "owner_id": ID}
 
 IDEMPOTENCY_KEY = re.compile(r"[\x20-\x7e]{1,200}")
 ENTITY_TAG = re.compile(r'(W/)?"([^"]*)"')
@@ -67,7 +93,7 @@ def wanted_seq(request: Request) -> int | None:
     if value is None:
         return None
     seq = ascii_int(value)
-    if seq is None or seq > INT64_MAX:
+    if seq is None or seq > ID.high:
         raise Invalid(f"{SEQ_HEADER}: must be a seq, in ASCII digits")
     return seq
 
@@ -137,15 +163,28 @@ async def create(
         return await store.create_items_at(user, items)
     # The same body in JSON or protobuf is the same request; another route is not.
     request_hash = hashlib.sha256(
-        request.scope["path"].encode("utf-8", "surrogateescape")
+        route_path(request.scope).encode("utf-8", "surrogateescape")
         + b"\n"
         + pb.BulkCreateRequest(items=items).SerializeToString(deterministic=True)
     ).digest()
     return await store.create_items_at(user, items, key, request_hash)
 
 
+# -- the work of the three hot routes, for their lean handlers and declared endpoints alike --
+
+
+async def get(request: Request, store: StoreClient, item_id: int) -> Response:
+    """GET /api/items/{item_id}."""
+    return await read_item(request, item_id, store)
+
+
+async def page(request: Request, store: StoreClient, query: spb.ListItems) -> Response:
+    """GET /api/items."""
+    return await read_page(request, query, store)
+
+
 async def create_one(request: Request, user: int, store: StoreClient) -> Response:
-    """POST /api/items (the fast path answers through here too)."""
+    """POST /api/items."""
     key = idempotency_key(request)
     body = await parse_body(request, ItemCreate, pb.ItemCreate)
     created, seq = await create(request, user, store, [item_create_pb(body)], key)
@@ -153,25 +192,62 @@ async def create_one(request: Request, user: int, store: StoreClient) -> Respons
     return render(request, item, item_json, 201, etag(item) | wrote(request, seq))
 
 
-@router.get("/items", **documented(response_model=ItemPageOut, request_headers=WANT_SEQ))
-async def list_items(
-    request: Request,
-    _: CurrentUser,
-    store: StoreDep,
-    page: Annotated[AsciiInt, Query(ge=1, le=1_000_000)] = 1,
-    limit: Annotated[AsciiInt, Query(ge=1, le=100)] = 20,
-    owner_id: Annotated[AsciiInt | None, Query(ge=1, le=INT64_MAX)] = None,
-    status: Literal["active", "completed"] | None = None,
-    q: Annotated[str | None, Query(max_length=200)] = None,
-) -> Response:
-    query = spb.ListItems(page=page, limit=limit)
-    if owner_id is not None:
-        query.owner_id = owner_id
-    if status is not None:
-        query.status = status
-    if q:
-        query.q = q
-    return await read_page(request, query, store)
+# -- lean handlers: the well-formed case, or False (nothing read, nothing sent) ---------------
+
+
+def _store(scope: Scope) -> StoreClient:
+    store: StoreClient = scope["app"].state.store
+    return store
+
+
+async def _lean_get(scope: Scope, receive: Receive, send: Send) -> bool:
+    request = Request(scope, receive)
+    user_id(request, allow_query=False)  # first, as the endpoint's CurrentUser: 401 before 422
+    item_id = bounded_int(scope["path_params"]["item_id"], ID.low, ID.high)
+    if item_id is None:
+        return False  # the endpoint explains it (422)
+    await (await get(request, _store(scope), item_id))(scope, receive, send)
+    return True
+
+
+def _list_query(request: Request) -> spb.ListItems | None:
+    query = spb.ListItems(page=PAGE_DEFAULT, limit=LIMIT_DEFAULT)
+    for name, value in request.query_params.multi_items():
+        bounds = LIST_INTS.get(name)
+        if bounds is not None:
+            number = bounded_int(value, bounds.low, bounds.high)
+            if number is None:
+                return None
+            setattr(query, name, number)
+        elif name == "status" and value in STATUSES:
+            query.status = value
+        elif name == "q" and len(value) <= QUERY_MAX_LENGTH:
+            query.ClearField("q")  # the last q wins, as for the endpoint; an empty one: no search
+            if value:
+                query.q = value
+        else:
+            return None  # unknown or invalid: the endpoint explains it (or ignores it)
+    return query
+
+
+async def _lean_list(scope: Scope, receive: Receive, send: Send) -> bool:
+    request = Request(scope, receive)
+    user_id(request, allow_query=False)
+    query = _list_query(request)
+    if query is None:
+        return False
+    await (await page(request, _store(scope), query))(scope, receive, send)
+    return True
+
+
+async def _lean_create(scope: Scope, receive: Receive, send: Send) -> bool:
+    request = Request(scope, receive)
+    user = user_id(request, allow_query=False)
+    await (await create_one(request, user, _store(scope)))(scope, receive, send)
+    return True
+
+
+# -- routes ---------------------------------------------------------------------------------
 
 
 SAFE_RETRY = {
@@ -184,10 +260,43 @@ IF_MATCH = {"If-Match": 'Change the item only if it is at this version ("3", its
 PRECONDITION = {412: "If-Match named a version the item is not at"}
 
 
+# The hottest route first: the router tries the routes' patterns in declaration order.
+@router.get(
+    "/items/{item_id}",
+    **documented(response_model=ItemOut, request_headers=WANT_SEQ, response_headers=ETAG),
+)
+@lean(_lean_get)
+async def get_item(request: Request, item_id: ItemId, _: CurrentUser, store: StoreDep) -> Response:
+    return await get(request, store, item_id)
+
+
+@router.get("/items", **documented(response_model=ItemPageOut, request_headers=WANT_SEQ))
+@lean(_lean_list)
+async def list_items(
+    request: Request,
+    _: CurrentUser,
+    store: StoreDep,
+    page_: Annotated[AsciiInt, Query(alias="page", ge=PAGE.low, le=PAGE.high)] = PAGE_DEFAULT,
+    limit: Annotated[AsciiInt, Query(ge=LIMIT.low, le=LIMIT.high)] = LIMIT_DEFAULT,
+    owner_id: Annotated[AsciiInt | None, Query(ge=ID.low, le=ID.high)] = None,
+    status: Status | None = None,
+    q: Annotated[str | None, Query(max_length=QUERY_MAX_LENGTH)] = None,
+) -> Response:
+    query = spb.ListItems(page=page_, limit=limit)
+    if owner_id is not None:
+        query.owner_id = owner_id
+    if status is not None:
+        query.status = status
+    if q:
+        query.q = q
+    return await page(request, store, query)
+
+
 @router.post(
     "/items",
     **documented(ItemCreate, ItemOut, 201, request_headers=SAFE_RETRY, response_headers=ETAG | SEQ),
 )
+@lean(_lean_create)
 async def create_item(request: Request, user: CurrentUser, store: StoreDep) -> Response:
     return await create_one(request, user, store)
 
@@ -202,14 +311,6 @@ async def bulk_create(request: Request, user: CurrentUser, store: StoreDep) -> R
     items = [item_create_pb(c) for c in body.items]
     created, seq = await create(request, user, store, items, key)
     return render(request, created, item_list_json, 201, wrote(request, seq))
-
-
-@router.get(
-    "/items/{item_id}",
-    **documented(response_model=ItemOut, request_headers=WANT_SEQ, response_headers=ETAG),
-)
-async def get_item(request: Request, item_id: ItemId, _: CurrentUser, store: StoreDep) -> Response:
-    return await read_item(request, item_id, store)
 
 
 async def _update(request: Request, item_id: int, user: int, store: StoreDep) -> Response:
