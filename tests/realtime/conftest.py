@@ -115,8 +115,9 @@ class Live:
 @contextlib.asynccontextmanager
 async def serve(
     settings: Settings,
-    root_path: str = "",
     prepare: Callable[[FastAPI], None] | None = None,
+    *,
+    root_path: str = "",
     **config: Any,
 ) -> AsyncIterator[Live]:
     """The app (embedded store, memory backplane) served by uvicorn on a free port, under
