@@ -34,10 +34,6 @@ DASHBOARD = ROOT / "deploy/grafana/dashboards/duckcast.json"
 SECRET_FILE = "DUCKCAST_SECRET_KEY_FILE"
 # Grafana's $__rate_interval with the datasource's 5 s timeInterval: 4 x the scrape interval.
 RATE_INTERVAL = "20s"
-# Queries on metrics that the realtime work (h8-realtime) instruments in service/realtime:
-# defined in service/metrics.py, not yet observed by anything. strict: once they return data,
-# this list must shrink.
-AWAITING_INSTRUMENTATION = {}
 
 
 class Operator:
@@ -241,7 +237,8 @@ def test_prometheus_scrapes_both_targets_with_the_repo_config(prometheus: Promet
     assert ups == {"api": "1", "store": "1"}
     assert prometheus.value("min(duckcast_backplane_connected)") == 1
     assert prometheus.value('max(duckcast_outbox_backlog{job="store"})') == 0
-    assert prometheus.value('max(duckcast_store_seq{job="store"})') == 6  # the operator's items
+    # the operator's 6 items and the 1 delivered live
+    assert prometheus.value('max(duckcast_store_seq{job="store"})') == 7
     assert prometheus.value('count(process_resident_memory_bytes{job="api"})') == 2  # workers
     assert prometheus.value('count(process_resident_memory_bytes{job="store"})') == 1
     assert prometheus.value('count(duckcast_build_info{job="store"})') == 1
@@ -271,11 +268,7 @@ def dashboard_queries() -> list[Any]:
     for panel in dashboard["panels"]:
         for target in panel["targets"]:
             key = f"{panel['title']}/{target['refId']}"
-            marks = []
-            if key in AWAITING_INSTRUMENTATION:
-                reason = f"{AWAITING_INSTRUMENTATION[key]} is not observed yet (h8-realtime)"
-                marks.append(pytest.mark.xfail(reason=reason, strict=True))
-            params.append(pytest.param(target["expr"], id=key, marks=marks))
+            params.append(pytest.param(target["expr"], id=key))
     return params
 
 
