@@ -85,8 +85,8 @@ class Scenario:
 
 
 SCENARIOS = (
-    Scenario("get_item", "GET /api/items/{id}", "/api/items", "get_item.lua", 0.25),
-    Scenario("list", "GET /api/items?limit=20", "/api/items?limit=20", "list.lua", 0.12),
+    Scenario("get_item", "GET /api/items/{id}", "/api/items", "get_item.lua", 0.5),
+    Scenario("list", "GET /api/items?limit=20", "/api/items?limit=20", "list.lua", 0.25),
     Scenario("create", "POST /api/items", "/api/items", "create.lua", 0.15),
 )
 
