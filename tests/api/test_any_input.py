@@ -29,7 +29,7 @@ from starlette.types import Message
 from service.api.app import create_app
 from service.config import Settings
 from service.pb import duckcast_pb2 as pb
-from tests.api.wire import JSON, PROTOBUF, X_PROTOBUF
+from tests.api.wire import JSON, PROTOBUF, X_PROTOBUF, asgi_scope
 
 ROUTES: list[tuple[str, tuple[str, ...]]] = [
     ("/api/register", ("POST",)),
@@ -144,26 +144,6 @@ def negotiated(headers: list[tuple[bytes, bytes]]) -> str:
         if media in PROTOBUF_TYPES:
             return media
     return JSON
-
-
-def asgi_scope(
-    kind: str, path: str, query: bytes, headers: list[tuple[bytes, bytes]], **extra: Any
-) -> dict[str, Any]:
-    """What an ASGI server would pass for this request, the path decoded as servers do."""
-    return {
-        "type": kind,
-        "asgi": {"version": "3.0", "spec_version": "2.3"},
-        "http_version": "1.1",
-        "scheme": "http" if kind == "http" else "ws",
-        "path": path,
-        "raw_path": urllib.parse.quote(path).encode(),
-        "query_string": query,
-        "root_path": "",
-        "headers": headers,
-        "server": ("test", 80),
-        "client": ("127.0.0.1", 5000),
-        **extra,
-    }
 
 
 async def call_http(app: FastAPI, req: Request) -> tuple[int, dict[bytes, bytes], bytes]:

@@ -26,6 +26,7 @@ from service.pb import duckcast_pb2 as pb
 from service.wire import ID, LIMIT, LIMIT_DEFAULT, PAGE, PAGE_DEFAULT, QUERY_MAX_LENGTH, STATUSES
 from service.worker import uvicorn_options
 from tests.api.conftest import running
+from tests.api.wire import asgi_scope
 from tests.realtime.conftest import serve
 
 PREFIX = "/dc"
@@ -50,19 +51,14 @@ async def _ws_opens(app: ASGIApp, path: str, token: str, root_path: str) -> list
         sent.append(message)
         answered.set()
 
-    scope = {
-        "type": "websocket",
-        "asgi": {"version": "3.0"},
-        "scheme": "ws",
-        "path": path,
-        "raw_path": path.encode(),
-        "root_path": root_path,
-        "query_string": f"token={token}".encode(),
-        "headers": [(b"host", b"test")],
-        "client": ("127.0.0.1", 5000),
-        "server": ("test", 80),
-        "subprotocols": [],
-    }
+    scope = asgi_scope(
+        "websocket",
+        path,
+        f"token={token}".encode(),
+        [(b"host", b"test")],
+        root_path=root_path,
+        subprotocols=[],
+    )
     await asyncio.wait_for(app(scope, receive, send), 10)
     return sent
 
@@ -115,20 +111,14 @@ async def _first_of_stream(
         elif message.get("body"):
             started.set()
 
-    scope = {
-        "type": "http",
-        "asgi": {"version": "3.0"},
-        "http_version": "1.1",
-        "method": "GET",
-        "scheme": "http",
-        "path": path,
-        "raw_path": path.encode(),
-        "root_path": root_path,
-        "query_string": f"token={token}".encode(),
-        "headers": [(b"host", b"test")],
-        "client": ("127.0.0.1", 5000),
-        "server": ("test", 80),
-    }
+    scope = asgi_scope(
+        "http",
+        path,
+        f"token={token}".encode(),
+        [(b"host", b"test")],
+        root_path=root_path,
+        method="GET",
+    )
     await asyncio.wait_for(app(scope, receive, send), 10)
     return answer["status"], answer["headers"]
 

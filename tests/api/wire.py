@@ -176,3 +176,23 @@ async def raw_get(app: ASGIApp, raw_path: bytes) -> tuple[int, bytes]:
 
     await app(scope, receive, send)
     return status, bytes(body)
+
+
+def asgi_scope(
+    kind: str, path: str, query: bytes, headers: list[tuple[bytes, bytes]], **extra: Any
+) -> dict[str, Any]:
+    """What an ASGI server would pass for this request, the path decoded as servers do."""
+    return {
+        "type": kind,
+        "asgi": {"version": "3.0", "spec_version": "2.3"},
+        "http_version": "1.1",
+        "scheme": "http" if kind == "http" else "ws",
+        "path": path,
+        "raw_path": urllib.parse.quote(path).encode(),
+        "query_string": query,
+        "root_path": "",
+        "headers": headers,
+        "server": ("test", 80),
+        "client": ("127.0.0.1", 5000),
+        **extra,
+    }
