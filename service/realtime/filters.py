@@ -15,7 +15,7 @@ from service.pb import duckcast_pb2 as pb
 
 
 class CarriesEvent(Protocol):
-    """Anything holding a DomainEvent (the hub's EncodedEvent, a ring entry)."""
+    """Anything holding a DomainEvent (the ring's EncodedEvent)."""
 
     @property
     def event(self) -> pb.DomainEvent: ...

@@ -35,14 +35,14 @@ NEVER = 3600.0  # a poll interval that never fires during a test: isolates the o
 async def relaying(
     backplane: Backplane, store: InProcessStoreClient, poll_interval: float = NEVER
 ) -> AsyncIterator[tuple[EventRelay, Ring, RingReader]]:
-    hub = Ring(max_events=100_000)
-    sub = RingReader(hub)
-    relay = EventRelay(backplane, store, hub, poll_interval=poll_interval)
+    ring = Ring(max_events=100_000)
+    sub = RingReader(ring)
+    relay = EventRelay(backplane, store, ring, poll_interval=poll_interval)
     await relay.start()
     try:
         async with asyncio.timeout(TIMEOUT):
             await relay.started.wait()
-        yield relay, hub, sub
+        yield relay, ring, sub
     finally:
         await relay.close()
 
@@ -77,11 +77,11 @@ async def test_gap_in_a_later_batch_is_repaired_from_the_store(
 ) -> None:
     """Events committed but never published (1..5) are fetched from the store's log and
     delivered before a later published batch (6..8) that revealed the gap; a published batch
-    that was already delivered, in whole or in part, is dropped; the hub sees 1..N once, in
+    that was already delivered, in whole or in part, is dropped; the ring sees 1..N once, in
     order."""
     bp = MemoryBackplane()
-    async with relaying(bp, store) as (_, hub, sub):
-        assert hub.seq == 0
+    async with relaying(bp, store) as (_, ring, sub):
+        assert ring.seq == 0
         await write(store, 5)  # lost: never published
         last = await write(store, 3)
         await bp.publish(await batch(store, 5, last))
@@ -100,7 +100,7 @@ async def test_gap_in_a_later_batch_is_repaired_from_the_store(
         await bp.publish(await batch(store, newest, marker))
         await received_until(sub, marker, got)
         assert got == list(range(1, marker + 1))
-        assert hub.seq == marker
+        assert ring.seq == marker
 
 
 async def test_periodic_poll_delivers_what_was_never_published(
@@ -109,7 +109,7 @@ async def test_periodic_poll_delivers_what_was_never_published(
     """With nothing published at all (a silently dead subscription), the relay's periodic ping
     notices the store is ahead and delivers every committed event, once, in order."""
     bp = MemoryBackplane()
-    async with relaying(bp, store, poll_interval=0.05) as (_, hub, sub):
+    async with relaying(bp, store, poll_interval=0.05) as (_, ring, sub):
         first = await write(store, 7)
         got = await received_until(sub, first, [])
         last = await write(store, 5)
@@ -119,7 +119,7 @@ async def test_periodic_poll_delivers_what_was_never_published(
         marker = await write(store, 1)
         await received_until(sub, marker, got)
         assert got == list(range(1, marker + 1))
-        assert hub.seq == marker
+        assert ring.seq == marker
 
 
 async def test_resubscribe_repairs_what_pubsub_dropped(
@@ -130,7 +130,7 @@ async def test_resubscribe_repairs_what_pubsub_dropped(
     with no periodic poll to help."""
     bp = RedisBackplane(redis_server.url)
     try:
-        async with relaying(bp, store) as (_, hub, sub):
+        async with relaying(bp, store) as (_, ring, sub):
             await until(lambda: bp.live, what="subscribed")
             before = await write(store, 2)
             await bp.publish(await batch(store, 0, before))
@@ -155,7 +155,7 @@ async def test_resubscribe_repairs_what_pubsub_dropped(
                     await asyncio.sleep(0.05)
             await received_until(sub, after, got)
             assert got == list(range(1, after + 1))
-            assert hub.seq == after
+            assert ring.seq == after
     finally:
         await bp.close()
 
@@ -202,9 +202,9 @@ async def test_inbox_overflow_drops_payloads_and_repairs_from_the_log(
     the rest, counts the overflow, and delivers every event anyway, once and in order, from
     the store's log (no poll to help)."""
     bp = MemoryBackplane()
-    hub = Ring(max_events=100_000)
-    sub = RingReader(hub)
-    relay = EventRelay(bp, store, hub, poll_interval=NEVER, inbox=2)
+    ring = Ring(max_events=100_000)
+    sub = RingReader(ring)
+    relay = EventRelay(bp, store, ring, poll_interval=NEVER, inbox=2)
     overflows = sample(RELAY_INBOX_OVERFLOWS)
     await relay.start()
     try:
@@ -222,7 +222,7 @@ async def test_inbox_overflow_drops_payloads_and_repairs_from_the_log(
         assert got == list(range(1, last + 1))
         assert sample(RELAY_INBOX_OVERFLOWS) > overflows
         assert relay._inbox.maxsize == 2
-        assert sample(RELAY_SEQ, "memory") == last == hub.seq
+        assert sample(RELAY_SEQ, "memory") == last == ring.seq
     finally:
         await relay.close()
 
@@ -264,9 +264,9 @@ async def test_failed_tasks_are_logged_and_restarted(
     store = PingFailsOnce(engine)
     bp = FailingOnce()
     restarts = {t: sample(RELAY_RESTARTS, t) for t in ("backplane-pump", "event-relay")}
-    hub = Ring(max_events=100_000)
-    sub = RingReader(hub)
-    relay = EventRelay(bp, store, hub, poll_interval=NEVER)
+    ring = Ring(max_events=100_000)
+    sub = RingReader(ring)
+    relay = EventRelay(bp, store, ring, poll_interval=NEVER)
     await relay.start()
     try:
         async with asyncio.timeout(TIMEOUT):
@@ -288,16 +288,16 @@ async def test_listeners_see_events_and_resets_before_subscribers(
     store: InProcessStoreClient,
 ) -> None:
     """`listen()`: the relay's starting seq reaches the listener as a reset (nothing before it
-    is known), each batch in seq order before the hub has it (its seq is still the previous
-    one), and a reset before the hub resets."""
+    is known), each batch in seq order before the ring has it (its seq is still the previous
+    one), and a reset before the ring resets."""
     bp = MemoryBackplane()
-    hub = Ring(max_events=100_000)
-    relay = EventRelay(bp, store, hub, poll_interval=NEVER)
+    ring = Ring(max_events=100_000)
+    relay = EventRelay(bp, store, ring, poll_interval=NEVER)
     seen: list[tuple[list[int], int]] = []
     resets: list[tuple[int, int]] = []
     relay.listen(
-        lambda events: seen.append(([e.seq for e in events], hub.seq)),
-        lambda seq: resets.append((seq, hub.seq)),
+        lambda events: seen.append(([e.seq for e in events], ring.seq)),
+        lambda seq: resets.append((seq, ring.seq)),
     )
     await relay.start()
     try:
@@ -305,7 +305,7 @@ async def test_listeners_see_events_and_resets_before_subscribers(
             await relay.started.wait()
         last = await write(store, 4)
         await bp.publish(await batch(store, 2, last))  # 1..2 come from the log first
-        await until(lambda: hub.seq == last, what="delivered")
+        await until(lambda: ring.seq == last, what="delivered")
         assert seen == [([1, 2], 0), ([3, 4], 2)]
         relay._reset(last + 10)
         assert resets == [(0, 0), (last + 10, last)]  # its starting point, then the reset

@@ -50,9 +50,9 @@ async def test_a_hand_published_message_never_reaches_a_subscriber(
     assert isinstance(publisher, SignedBackplane)
     intruder = aioredis.Redis(port=redis_server.port)
     try:
-        async with relaying(worker, store) as (_, hub, sub):
+        async with relaying(worker, store) as (_, ring, sub):
             await until(lambda: worker.live, what="subscribed")
-            seq = hub.seq + 1
+            seq = ring.seq + 1
             genuine = publisher.sign(forged_batch(seq))
             tampered = genuine[:-1] + bytes([genuine[-1] ^ 1])
             other_key = SignedBackplane(worker, OTHER.backplane, EVENTS_CHANNEL)
@@ -68,7 +68,7 @@ async def test_a_hand_published_message_never_reaches_a_subscriber(
                 delivered = await sub.next_batch(TIMEOUT)
             assert [(e.seq, e.event.item.title) for e in delivered] == [(seq, "real")]
             assert delivered[0].event.item.id == item.id
-            assert hub.seq == seq
+            assert ring.seq == seq
     finally:
         await intruder.aclose()
         await publisher.close()
