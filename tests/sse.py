@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import socket
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 
 import h11
 import httpx
@@ -22,6 +22,20 @@ from httpx_sse import EventSource, ServerSentEvent
 
 CHANGES = frozenset({"item_created", "item_updated", "item_deleted", "reset"})
 READ_SIZE = 1 << 16
+
+
+def iter_events(source: EventSource) -> Iterator[ServerSentEvent]:
+    """The events a browser would dispatch. httpx-sse 0.4 also yields an empty `message` for
+    the blank line ending a comment (our `: keep-alive`) once any event had an id
+    (florimondmanca/httpx-sse#35); the spec dispatches no event without data."""
+    return (event for event in source.iter_sse() if event.data)
+
+
+async def aiter_events(source: EventSource) -> AsyncIterator[ServerSentEvent]:
+    """`iter_events`, for an async response."""
+    async for event in source.aiter_sse():
+        if event.data:
+            yield event
 
 
 def seq(event: ServerSentEvent) -> int:
@@ -36,7 +50,7 @@ class EventStream:
     def __init__(self, response: httpx.Response, timeout: float) -> None:
         self.response = response
         self.timeout = timeout  # for changes_until
-        self._events = EventSource(response).aiter_sse()
+        self._events = aiter_events(EventSource(response))
 
     async def next(self) -> ServerSentEvent | None:
         """The next event, or None when the server ended the response."""
@@ -88,7 +102,7 @@ class SocketSSE:
         assert isinstance(head, h11.Response), head
         assert head.status_code == 200, head
         response = httpx.Response(200, headers=head.headers, content=self._body())
-        async for event in EventSource(response).aiter_sse():
+        async for event in aiter_events(EventSource(response)):
             yield event
 
     async def _body(self) -> AsyncIterator[bytes]:

@@ -8,6 +8,7 @@ from typing import Any
 
 import httpx
 import pytest
+from httpx_sse import aconnect_sse
 
 from service.config import Settings
 from tests.realtime.conftest import (
@@ -22,7 +23,7 @@ from tests.realtime.conftest import (
     update_item,
     writing,
 )
-from tests.sse import seq
+from tests.sse import EventStream, seq
 
 
 async def test_connected_then_one_event_per_change(live: Live) -> None:
@@ -257,9 +258,6 @@ async def test_login_cookie_from_the_api_opens_the_stream(live: Live) -> None:
         assert (await http.post("/api/register", json=creds)).status_code == 201
         assert (await http.post("/api/login", json=creds)).status_code == 200
         assert live.settings.cookie_name in http.cookies
-        async with http.stream("GET", "/api/events") as r:
-            assert r.status_code == 200
-            async for line in r.aiter_lines():
-                if line.startswith("event:"):
-                    assert line == "event: connected"
-                    break
+        async with aconnect_sse(http, "GET", "/api/events") as source:
+            assert source.response.status_code == 200
+            await EventStream(source.response, TIMEOUT).expect("connected")
