@@ -116,5 +116,5 @@ class SocketSSE:
             chunk = await loop.sock_recv(self.sock, READ_SIZE)
             assert chunk, "the connection closed before the SSE response ended"
             self.http.receive_data(chunk)
-        assert event is not h11.PAUSED  # only after a second request on the connection
+        assert isinstance(event, h11.Event), event  # PAUSED: only after a second request
         return event
