@@ -135,14 +135,9 @@ class ProcessGroup:
             os.killpg(self.pgid, signal.SIGTERM)
 
     def stop(self, grace: float = 30.0) -> None:
-        """SIGTERM the group, wait for the leader up to `grace`, then SIGKILL the group."""
-        self.terminate()
-        try:
-            self.proc.wait(grace)
-        except subprocess.TimeoutExpired:
-            print(f"  {self.name}: still running after {grace:g}s; killing", file=sys.stderr)
-        with suppress(ProcessLookupError):  # what the leader left behind (workers, store)
-            os.killpg(self.pgid, signal.SIGKILL)
+        """`stop_group`, then reap the leader and close its pipes."""
+        if not stop_group(self.pgid, grace):
+            print(f"  {self.name}: still running after {grace:g}s; killed", file=sys.stderr)
         try:
             self.proc.wait(5)
         except subprocess.TimeoutExpired:
@@ -158,6 +153,20 @@ class ProcessGroup:
         except OSError:
             return ""
         return "\n".join(text[-lines:])
+
+
+def stop_group(pgid: int, grace: float) -> bool:
+    """SIGTERM process group `pgid`, wait up to `grace` seconds for every member to exit, then
+    SIGKILL whatever is left (a worker, a store) and wait for that. False if it came to that."""
+    with suppress(ProcessLookupError):
+        os.killpg(pgid, signal.SIGTERM)
+    if wait_until(lambda: not group_members(pgid), grace, 0.05):
+        return True
+    with suppress(ProcessLookupError):
+        os.killpg(pgid, signal.SIGKILL)
+    if not wait_until(lambda: not group_members(pgid), 10.0, 0.05):
+        raise CannotRun(f"process group {pgid} survived SIGKILL: {group_members(pgid)}")
+    return False
 
 
 def wait_http(url: str, group: ProcessGroup, timeout: float = 90.0) -> None:

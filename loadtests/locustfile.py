@@ -36,9 +36,11 @@ from typing import Any
 from urllib.parse import urlencode
 
 import gevent
+import httpx
 import requests
 import websocket
 from gevent.pool import Pool
+from httpx_sse import ServerSentEvent, connect_sse
 from locust import HttpUser, User, between, constant, events, task
 from locust.env import Environment
 
@@ -365,44 +367,38 @@ class SseSubscriber(_Subscriber):
         assert self.last is not None
         started = time.perf_counter()
         headers = {**self.account.auth, "Last-Event-ID": str(self.last)}
-        r = requests.get(
-            f"{self.host}/api/events", headers=headers, stream=True, timeout=STREAM_TIMEOUT
-        )
-        self.conn = r
-        if r.status_code != 200:
-            self.report("connect", time.perf_counter() - started, 0, RuntimeError(r.status_code))
-            gevent.sleep(1)
-            return
-        self.report("connect", time.perf_counter() - started, 0)
-        buffer = b""
-        for chunk in r.iter_content(chunk_size=None):  # None: as the bytes arrive
-            buffer += chunk
-            while b"\n\n" in buffer:
-                block, buffer = buffer.split(b"\n\n", 1)
-                self.sse_block(block.decode())
+        with (
+            httpx.Client(timeout=STREAM_TIMEOUT, trust_env=False) as http,
+            connect_sse(http, "GET", f"{self.host}/api/events", headers=headers) as source,
+        ):
+            r = source.response
+            if r.status_code != 200:
+                error = RuntimeError(r.status_code)
+                self.report("connect", time.perf_counter() - started, 0, error)
+                gevent.sleep(1)
+                return
+            self.report("connect", time.perf_counter() - started, 0)
+            for event in source.iter_sse():  # as the bytes arrive
+                self.sse_event(event)
         raise StreamEnded("end of stream")
 
-    def sse_block(self, block: str) -> None:
-        fields: dict[str, str] = {}
-        for line in block.split("\n"):
-            if line and not line.startswith(":"):
-                key, _, value = line.partition(":")
-                fields[key] = value.removeprefix(" ")
-        name, data = fields.get("event", "message"), fields.get("data", "")
-        if name == "overflow":
+    def sse_event(self, sse: ServerSentEvent) -> None:
+        """One SSE event; any name but these (a `connected`, or the empty `message` httpx-sse
+        0.4 yields after a keep-alive comment) carries no change."""
+        if sse.event == "overflow":
             raise StreamEnded("overflow")
-        if name == "reset":
-            self.received(pb.DomainEvent(type=pb.RESET, seq=int(fields["id"])), len(block))
-        elif name in ("item_created", "item_updated", "item_deleted"):
-            body = json.loads(data)
-            event = pb.DomainEvent(seq=int(fields["id"]))
-            if name == "item_deleted":
+        size = len(sse.data)
+        if sse.event == "reset":
+            self.received(pb.DomainEvent(type=pb.RESET, seq=int(sse.id)), size)
+        elif sse.event in ("item_created", "item_updated", "item_deleted"):
+            body = json.loads(sse.data)
+            event = pb.DomainEvent(seq=int(sse.id))
+            if sse.event == "item_deleted":
                 event.type, event.deleted_id = pb.DELETED, int(body["id"])
             else:
-                event.type = pb.CREATED if name == "item_created" else pb.UPDATED
-                stamp = body["updated_at"]
-                event.item.updated_at.FromJsonString(stamp)
-            self.received(event, len(block))
+                event.type = pb.CREATED if sse.event == "item_created" else pb.UPDATED
+                event.item.updated_at.FromJsonString(body["updated_at"])
+            self.received(event, size)
 
 
 class WebSocketSubscriber(_Subscriber):

@@ -13,6 +13,7 @@ from typing import Any
 import httpx
 import pytest
 from fastapi import FastAPI
+from httpx_sse import aconnect_sse
 from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -27,7 +28,8 @@ from service.wire import ID, LIMIT, LIMIT_DEFAULT, PAGE, PAGE_DEFAULT, QUERY_MAX
 from service.worker import uvicorn_options
 from tests.api.conftest import running
 from tests.api.wire import asgi_scope
-from tests.realtime.conftest import serve
+from tests.realtime.conftest import TIMEOUT, serve
+from tests.sse import EventStream
 
 PREFIX = "/dc"
 
@@ -184,11 +186,10 @@ async def test_middleware_wraps_every_route_under_uvicorn_root_path(
             assert (await client.get(f"/api/items/{item['id']}", headers=auth)).status_code == 200
             assert (await client.get("/api/items", headers=auth)).status_code == 200
             assert (await client.get("/healthz")).status_code == 200
-            async with client.stream("GET", "/api/events", headers=auth) as stream:
-                assert stream.status_code == 200
-                async for line in stream.aiter_lines():
-                    assert line.startswith("retry:")
-                    break
+            async with aconnect_sse(client, "GET", "/api/events", headers=auth) as source:
+                assert source.response.status_code == 200
+                hello = await EventStream(source.response, TIMEOUT).expect("connected")
+                assert hello.retry is not None
             spec = (await client.get("/openapi.json")).json()
         async with connect(f"{live.ws_url}/ws/items?token={alice.token}&format=json") as ws:
             assert ws.protocol.state.name == "OPEN"

@@ -31,6 +31,7 @@ WS_CLOSE = {
     "expired": 4401,
     "policy": 1008,
 }
+KEEPALIVE = b": keep-alive\n\n"
 SSE_END = {
     "eof": b"",
     "retry": b"event: error\ndata: store unavailable\n\n",
@@ -84,6 +85,9 @@ def sse_body(conn: Connection) -> bytes:
             )
             name = SSE_NAMES[ev.type].encode()
             chunks.append(b"id: %d\nevent: %s\ndata: %s\n\n" % (ev.seq, name, data))
+        # as the server sends when idle: httpx-sse 0.4 turns a comment after an event with an
+        # id into an empty `message` (florimondmanca/httpx-sse#35), which the client must skip
+        chunks.append(KEEPALIVE)
     chunks.append(SSE_END[conn.end])
     return b"".join(chunks)
 

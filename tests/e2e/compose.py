@@ -29,11 +29,9 @@ with the service's log tail.
 from __future__ import annotations
 
 import contextlib
-import os
 import random
 import re
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -46,7 +44,7 @@ from typing import Any
 
 import yaml
 
-from loadtests.harness import group_members
+from loadtests.harness import stop_group
 
 ROOT = Path(__file__).resolve().parents[2]
 VENV_BIN = Path(sys.executable).parent
@@ -237,14 +235,7 @@ class Service:
             forwarder.close()
         if self.proc is None:
             return
-        pgid = self.proc.pid
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(pgid, signal.SIGTERM)
-        deadline = time.monotonic() + 20
-        while group_members(pgid) and time.monotonic() < deadline:
-            time.sleep(0.05)
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(pgid, signal.SIGKILL)
+        stop_group(self.proc.pid, grace=20)
         with contextlib.suppress(subprocess.TimeoutExpired):
             self.proc.wait(10)
 

@@ -9,12 +9,10 @@ and socket paths must stay under 107 bytes.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import re
 import secrets
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -26,7 +24,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from loadtests.harness import cmdline, group_members
+from loadtests.harness import cmdline, stop_group
 from tests.conftest import free_port, wait_until
 from tests.leakscan import remember
 
@@ -153,16 +151,7 @@ class DuckcastProcess:
         """SIGTERM the whole group, then SIGKILL whatever is left after `grace` seconds."""
         if self.proc is None:
             return
-        pgid = self.proc.pid  # start_new_session: the leader's pid is the group id
-        if group_members(pgid):
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(pgid, signal.SIGTERM)
-            try:
-                wait_until(lambda: not group_members(pgid), timeout=grace, interval=0.05)
-            except TimeoutError:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(pgid, signal.SIGKILL)
-                wait_until(lambda: not group_members(pgid), timeout=10, interval=0.05)
+        stop_group(self.proc.pid, grace)  # start_new_session: the leader's pid is the group id
         if self.proc.poll() is None:
             self.proc.kill()
         self.proc.wait(10)

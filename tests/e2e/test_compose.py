@@ -23,9 +23,11 @@ from typing import Any
 
 import httpx
 import pytest
+from httpx_sse import connect_sse
 
 from tests.conftest import wait_until
 from tests.e2e.compose import ROOT, Topology, TopologyBroken, load_compose, running
+from tests.sse import iter_events
 
 pytestmark = pytest.mark.e2e
 
@@ -179,13 +181,13 @@ def prometheus(deployed: tuple[Topology, Operator]) -> Iterator[Prometheus]:
         assert operator.api.post("/api/items", json={"title": f"n{n}"}).status_code == 201
         assert operator.api.get("/api/items").status_code == 200
         assert operator.api.get("/api/items/987654").status_code == 404
-    with operator.api.stream("GET", "/api/events") as stream:
-        assert stream.status_code == 200
-        lines = stream.iter_lines()
-        next(lines)
+    with connect_sse(operator.api, "GET", "/api/events") as source:
+        assert source.response.status_code == 200
+        events = iter_events(source)
+        assert next(events).event == "connected"
         # a change delivered live, so the delivery-lag histogram has an observation
         assert operator.api.post("/api/items", json={"title": "live"}).status_code == 201
-        assert any(line.startswith("event: item_created") for line in lines)
+        assert any(event.event == "item_created" for event in events)
     traffic_end = time.time()
     wait_until(lambda: scraped(2, traffic_end), timeout=60, interval=0.5)
     yield prom

@@ -19,9 +19,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-import h11
 import httpx
 import websockets
+from httpx_sse import ServerSentEvent, aconnect_sse
 from websockets.asyncio.client import connect as ws_connect
 from websockets.client import ClientProtocol
 from websockets.frames import Frame, Opcode
@@ -29,6 +29,7 @@ from websockets.uri import parse_uri
 
 from service.pb import duckcast_pb2 as pb
 from service.wire import item_json
+from tests.sse import CHANGES, SocketSSE, aiter_events, seq
 
 Transport = Literal["sse", "ws-json", "ws-pb"]
 PASSWORD = "correct horse"
@@ -192,40 +193,28 @@ class Subscriber:
             headers["Last-Event-ID"] = str(self.last_seq)
         async with (
             http_client(self.base_url) as client,
-            client.stream("GET", "/api/events", params=self.params, headers=headers) as r,
+            aconnect_sse(client, "GET", "/api/events", params=self.params, headers=headers) as es,
         ):
+            r = es.response
             if r.status_code != 200:
                 self.refused.append(f"{r.status_code} {(await r.aread()).decode()}")
                 return
             self.local_port = r.extensions["network_stream"].get_extra_info("client_addr")[1]
             self.connections += 1
-            fields: dict[str, str] = {}
-            async for line in r.aiter_lines():
-                if line == "":
-                    if fields:
-                        self._sse_dispatch(fields)
-                    fields = {}
-                elif not line.startswith(":"):
-                    name, _, value = line.partition(":")
-                    value = value.removeprefix(" ")
-                    fields[name] = f"{fields[name]}\n{value}" if name in fields else value
+            async for event in aiter_events(es):
+                self._sse_dispatch(event)
         self._ended("eof")
 
-    def _sse_dispatch(self, fields: dict[str, str]) -> None:
-        kind = fields.get("event", "message")
-        data = json.loads(fields.get("data", "null"))
-        if kind == "connected":
+    def _sse_dispatch(self, event: ServerSentEvent) -> None:
+        event.json()  # every event's data is JSON
+        if event.event == "connected":
             self.open = True
-        elif kind in ("item_created", "item_updated"):
-            self._got(Event(int(fields["id"]), kind[5:], data["id"], data))
-        elif kind == "item_deleted":
-            self._got(Event(int(fields["id"]), "deleted", data["id"], None))
-        elif kind == "reset":
-            self._got(Event(data["seq"], "reset", 0, None))
-        elif kind == "overflow":
+        elif event.event in CHANGES:
+            self._got(sse_change(event))
+        elif event.event == "overflow":
             self.ends.append("overflow")
         else:
-            raise AssertionError(f"unexpected SSE event {kind!r}: {fields}")
+            raise AssertionError(f"unexpected SSE event {event}")
 
     async def _ws(self) -> None:
         query = {"format": "json" if self.transport == "ws-json" else "protobuf", **self.params}
@@ -251,6 +240,15 @@ class Subscriber:
             except websockets.ConnectionClosed:
                 pass
             self._ended(f"ws {ws.close_code}")
+
+
+def sse_change(event: ServerSentEvent) -> Event:
+    """A change event: the item (for a delete only its id), and for a reset its seq."""
+    data = event.json()
+    if event.event == "reset":
+        return Event(data["seq"], "reset", 0, None)
+    kind = event.event.removeprefix("item_")
+    return Event(seq(event), kind, data["id"], None if kind == "deleted" else data)
 
 
 def _pb_event(ev: pb.DomainEvent) -> Event:
@@ -388,34 +386,27 @@ async def write_mix(
 class StalledClient:
     """An SSE or WebSocket subscriber on a raw socket that sends its request and then does not
     read, with a small receive buffer so the server's send path backs up quickly. `drain()`
-    later reads what the server sent and parses it (h11 for SSE, the websockets sans-I/O client
-    for WebSocket), for the test to check how the stream ended."""
+    later reads what the server sent and parses it (tests/sse.py for SSE, the websockets
+    sans-I/O client for WebSocket), for the test to check how the stream ended."""
 
     def __init__(
         self, port: int, token: str, transport: Literal["sse", "ws-pb"], since: int
     ) -> None:
         self.transport = transport
-        self.sock = socket.socket()
-        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-        self.sock.connect(("127.0.0.1", port))
-        self.local_port = self.sock.getsockname()[1]
         if transport == "sse":
-            self.http = h11.Connection(h11.CLIENT)
-            request = h11.Request(
-                method="GET",
-                target="/api/events",
-                headers=[
-                    ("Host", "127.0.0.1"),
-                    ("Authorization", f"Bearer {token}"),
-                    ("Last-Event-ID", str(since)),
-                ],
-            )
-            self.sock.sendall(self.http.send(request) + self.http.send(h11.EndOfMessage()))
+            headers = {"Authorization": f"Bearer {token}", "Last-Event-ID": str(since)}
+            self.sse = SocketSSE(port, headers, rcvbuf=4096)
+            self.sock = self.sse.sock
         else:
+            self.sock = socket.socket()
+            self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+            self.sock.connect(("127.0.0.1", port))
             uri = parse_uri(f"ws://127.0.0.1:{port}/ws/items?token={token}&since={since}")
             self.ws = ClientProtocol(uri)
             self.ws.send_request(self.ws.connect())
             self.sock.sendall(b"".join(self.ws.data_to_send()))
+            self.sock.setblocking(False)
+        self.local_port = self.sock.getsockname()[1]
 
     def close(self) -> None:
         self.sock.close()
@@ -423,58 +414,29 @@ class StalledClient:
     async def drain(self, within: float = 30.0) -> tuple[list[Event], str]:
         """Read until the server ends the stream; the events, and how it ended: "overflow"
         (SSE event), "ws <code>", or "eof" (end of response without a reason)."""
-        self.sock.setblocking(False)
+        try:
+            async with asyncio.timeout(within):
+                return await (self._drain_sse() if self.transport == "sse" else self._drain_ws())
+        except TimeoutError:
+            raise AssertionError(f"stalled {self.transport} stream did not end") from None
+        finally:
+            self.close()
+
+    async def _drain_sse(self) -> tuple[list[Event], str]:
+        events: list[Event] = []
+        ending = "eof"
+        async for event in self.sse.events():
+            if event.event == "overflow":
+                ending = "overflow"
+            elif event.event in CHANGES:
+                events.append(sse_change(event))
+        return events, ending
+
+    async def _drain_ws(self) -> tuple[list[Event], str]:
         loop = asyncio.get_running_loop()
-        deadline = time.monotonic() + within
-        parse = self._sse_parse() if self.transport == "sse" else self._ws_parse()
         events: list[Event] = []
         while True:
-            remaining = deadline - time.monotonic()
-            assert remaining > 0, f"stalled {self.transport} stream did not end"
-            async with asyncio.timeout(remaining):
-                chunk = await loop.sock_recv(self.sock, 1 << 20)
-            done = parse(chunk, events)
-            if done is not None:
-                self.sock.close()
-                return events, done
-            assert chunk, f"connection closed before the {self.transport} stream ended"
-
-    def _sse_parse(self) -> Callable[[bytes, list[Event]], str | None]:
-        buffer = b""
-        ending = ["eof"]
-
-        def parse(chunk: bytes, events: list[Event]) -> str | None:
-            nonlocal buffer
-            self.http.receive_data(chunk)
-            while True:
-                ev = self.http.next_event()
-                if ev is h11.NEED_DATA:
-                    return None
-                if isinstance(ev, h11.Response):
-                    assert ev.status_code == 200, ev
-                elif isinstance(ev, h11.Data):
-                    buffer += ev.data
-                    *blocks, buffer = buffer.split(b"\n\n")
-                    for block in blocks:
-                        fields = dict(
-                            line.split(": ", 1)
-                            for line in block.decode().split("\n")
-                            if not line.startswith(":")
-                        )
-                        if fields.get("event") == "overflow":
-                            ending[0] = "overflow"
-                        elif "id" in fields:
-                            data = json.loads(fields["data"])
-                            events.append(
-                                Event(int(fields["id"]), fields["event"], data["id"], data)
-                            )
-                elif isinstance(ev, h11.EndOfMessage):
-                    return ending[0]
-
-        return parse
-
-    def _ws_parse(self) -> Callable[[bytes, list[Event]], str | None]:
-        def parse(chunk: bytes, events: list[Event]) -> str | None:
+            chunk = await loop.sock_recv(self.sock, 1 << 20)
             if chunk:
                 self.ws.receive_data(chunk)
             else:
@@ -483,7 +445,6 @@ class StalledClient:
                 if isinstance(ev, Frame) and ev.opcode == Opcode.BINARY:
                     events.append(_pb_event(pb.DomainEvent.FromString(ev.data)))
             if self.ws.close_rcvd is not None:
-                return f"ws {self.ws.close_rcvd.code}"
-            return None if chunk else "eof"
-
-        return parse
+                return events, f"ws {self.ws.close_rcvd.code}"
+            if not chunk:
+                return events, "eof"

@@ -9,34 +9,29 @@ deep tmp_path, because the store's AF_UNIX socket lives there (paths must stay <
 
 from __future__ import annotations
 
-import contextlib
 import os
 import secrets
 import shutil
-import signal
-import subprocess
 import sys
 import tempfile
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-import httpx
 import pytest
 
 from loadtests.harness import (
+    ProcessGroup,
     RedisServer,
     children,
     cmdline,
     free_port,
-    group_members,
     rss_bytes,
     tcp_peers,
+    wait_http,
 )
 from tests.conftest import wait_until
 from tests.leakscan import remember
 
-ROOT = Path(__file__).resolve().parents[2]
 WORKERS = 3
 
 
@@ -50,7 +45,7 @@ class Service:
         self.port = free_port()
         self.data_dir = Path(tempfile.mkdtemp(prefix="dcrt-", dir="/tmp"))
         self.redis = redis
-        self.log_path = logdir / "serve.log"
+        self.log_path = logdir / f"serve-{self.port}.log"
         base = {
             k: v
             for k, v in os.environ.items()
@@ -64,7 +59,7 @@ class Service:
             "PYTHONUNBUFFERED": "1",
         }
         self.env = base | env
-        self.proc: subprocess.Popen[bytes] | None = None
+        self.group: ProcessGroup | None = None
 
     @property
     def url(self) -> str:
@@ -76,55 +71,19 @@ class Service:
 
     def start(self) -> None:
         cmd = [
-            sys.executable,
-            "-m",
-            "service.cli",
-            "serve",
-            "--workers",
-            str(WORKERS),
-            "--port",
-            str(self.port),
-            "--data-dir",
-            str(self.data_dir),
-        ]
-        with open(self.log_path, "ab") as log:
-            self.proc = subprocess.Popen(
-                cmd,
-                env=self.env,
-                cwd=ROOT,
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-        self.wait_ready()
+            sys.executable, "-m", "service.cli", "serve", "--workers", str(WORKERS),
+            "--port", str(self.port), "--data-dir", str(self.data_dir),
+        ]  # fmt: skip
+        self.group = ProcessGroup("serve", cmd, self.env, self.log_path)
+        wait_http(f"{self.url}/readyz", self.group, timeout=60)
         wait_until(lambda: len(self.workers()) == WORKERS, timeout=30)
 
     def log_tail(self, lines: int = 80) -> str:
-        return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
-
-    def wait_ready(self, timeout: float = 60.0) -> None:
-        """Poll GET /readyz until 200; fail with the log if the supervisor exits first."""
-        assert self.proc is not None
-        deadline = time.monotonic() + timeout
-        last = "no answer"
-        with httpx.Client(base_url=self.url, timeout=2.0) as client:
-            while time.monotonic() < deadline:
-                if self.proc.poll() is not None:
-                    pytest.fail(f"serve exited with {self.proc.returncode}:\n{self.log_tail()}")
-                try:
-                    r = client.get("/readyz")
-                    if r.status_code == 200:
-                        return
-                    last = f"{r.status_code} {r.text}"
-                except httpx.TransportError as exc:
-                    last = repr(exc)
-                time.sleep(0.05)
-        pytest.fail(f"serve not ready within {timeout}s (last: {last}):\n{self.log_tail()}")
+        return self.group.tail(lines) if self.group is not None else ""
 
     def master(self) -> int:
-        assert self.proc is not None
-        masters = [p for p in children(self.proc.pid) if "gunicorn" in cmdline(p)]
+        assert self.group is not None
+        masters = [p for p in children(self.group.pid) if "gunicorn" in cmdline(p)]
         assert len(masters) == 1, (masters, self.log_tail())
         return masters[0]
 
@@ -141,19 +100,8 @@ class Service:
 
     def stop(self) -> None:
         """SIGTERM the whole group, SIGKILL what is left after a grace period."""
-        if self.proc is not None:
-            pgid = self.proc.pid
-            if group_members(pgid):
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(pgid, signal.SIGTERM)
-                try:
-                    wait_until(lambda: not group_members(pgid), timeout=15, interval=0.05)
-                except TimeoutError:
-                    with contextlib.suppress(ProcessLookupError):
-                        os.killpg(pgid, signal.SIGKILL)
-                    wait_until(lambda: not group_members(pgid), timeout=10, interval=0.05)
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                self.proc.wait(10)
+        if self.group is not None:
+            self.group.stop(grace=15)
 
         def removed() -> bool:
             shutil.rmtree(self.data_dir, ignore_errors=True)

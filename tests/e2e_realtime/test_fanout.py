@@ -10,6 +10,7 @@ from collections import Counter
 
 import pytest
 import websockets
+from httpx_sse import aconnect_sse
 from websockets.asyncio.client import connect as ws_connect
 
 from tests.e2e_realtime.clients import (
@@ -26,6 +27,7 @@ from tests.e2e_realtime.clients import (
     write_mix,
 )
 from tests.e2e_realtime.conftest import Service
+from tests.sse import EventStream
 
 pytestmark = pytest.mark.e2e
 
@@ -179,10 +181,9 @@ async def test_streams_refuse_clients_without_credentials(service: Service) -> N
             async with client.stream("GET", "/api/events", headers=headers, params=params) as r:
                 assert r.status_code == 401, (headers, params)
                 assert "detail" in json.loads(await r.aread())
-        async with client.stream("GET", "/api/events", params={"token": alice.token}) as r:
-            assert r.status_code == 200
-            lines = r.aiter_lines()
-            assert any([(await anext(lines)).startswith("event: connected") for _ in range(3)])
+        async with aconnect_sse(client, "GET", "/api/events", params={"token": alice.token}) as s:
+            assert s.response.status_code == 200
+            await EventStream(s.response, timeout=10).expect("connected")
 
     for query in ("", "?token=nope", "?format=json&token=nope"):
         try:

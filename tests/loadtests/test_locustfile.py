@@ -15,6 +15,8 @@ ROOT = Path(__file__).resolve().parents[2]
 # fire as JSON: [request_type, name, failed].
 CHECKS = r"""
 import json, sys
+import httpx
+from httpx_sse import EventSource
 from locust.env import Environment
 from loadtests.locustfile import ACCOUNTS, Account, SseSubscriber, WebSocketSubscriber
 from service.pb import duckcast_pb2 as pb
@@ -32,7 +34,7 @@ item = '"updated_at": "2030-01-01T00:00:00Z"'
 sse = SseSubscriber(env)
 sse.on_start()
 sse.last = 10
-for block in [
+blocks = [
     'id: 11\nevent: item_created\ndata: {"id": 1, %s}' % item,
     'id: 13\nevent: item_updated\ndata: {"id": 1, %s}' % item,
     ": keep-alive",
@@ -41,8 +43,11 @@ for block in [
     'id: 14\nevent: item_deleted\ndata: {"id": 1}',
     'id: 20\nevent: reset\ndata: {"seq": 20}',
     'id: 21\nevent: item_deleted\ndata: {"id": 1}',
-]:
-    sse.sse_block(block)
+]
+body = "".join(block + "\n\n" for block in blocks).encode()  # one stream, as on the wire
+response = httpx.Response(200, headers={"content-type": "text/event-stream"}, content=body)
+for event in EventSource(response).iter_sse():
+    sse.sse_event(event)
 ws = WebSocketSubscriber(env)
 ws.on_start()
 ws.last = 10

@@ -12,7 +12,7 @@ import asyncio
 import contextlib
 import json
 from collections.abc import AsyncIterator, Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode
@@ -21,6 +21,7 @@ import httpx
 import pytest
 import uvicorn
 from fastapi import FastAPI
+from httpx_sse import aconnect_sse
 from websockets.asyncio.client import ClientConnection, connect
 
 from service.api.app import create_app
@@ -32,6 +33,7 @@ from service.store.engine import StoreEngine
 from service.storeclient.inprocess import InProcessStoreClient
 from tests.conftest import free_port
 from tests.seed import seed_users
+from tests.sse import EventStream
 
 TIMEOUT = 10.0  # upper bound for anything a test waits for; never a fixed sleep
 
@@ -186,77 +188,6 @@ async def delete_item(http: httpx.AsyncClient, who: Account, item_id: int) -> No
 # -- SSE ----------------------------------------------------------------------------------------
 
 
-@dataclass
-class SSEEvent:
-    event: str = "message"
-    data: str = ""
-    id: str | None = None
-    retry: int | None = None
-
-    def json(self) -> Any:
-        return json.loads(self.data)
-
-    @property
-    def seq(self) -> int:
-        assert self.id is not None, self
-        return int(self.id)
-
-
-@dataclass
-class SSEReader:
-    """Parses a text/event-stream response into events, per the WHATWG field rules."""
-
-    response: httpx.Response
-    comments: list[str] = field(default_factory=list)
-
-    def __post_init__(self) -> None:
-        self._lines = self.response.aiter_lines()
-
-    async def next(self) -> SSEEvent | None:
-        """The next event, or None when the server ended the response."""
-        ev, seen, data = SSEEvent(), False, list[str]()
-        while True:
-            try:
-                line = await self._lines.__anext__()
-            except StopAsyncIteration:
-                return None
-            if line == "":
-                if seen:
-                    ev.data = "\n".join(data)
-                    return ev
-                continue
-            if line.startswith(":"):
-                self.comments.append(line)
-                continue
-            name, _, value = line.partition(":")
-            value = value.removeprefix(" ")
-            seen = True
-            if name == "data":
-                data.append(value)
-            elif name == "event":
-                ev.event = value
-            elif name == "id":
-                ev.id = value
-            elif name == "retry":
-                ev.retry = int(value)
-
-    async def expect(self, name: str) -> SSEEvent:
-        ev = await self.next()
-        assert ev is not None, f"stream ended while waiting for {name!r}"
-        assert ev.event == name, ev
-        return ev
-
-    async def changes_until(self, last_seq: int) -> list[SSEEvent]:
-        """Every event up to and including the one with id `last_seq`."""
-        got: list[SSEEvent] = []
-        async with asyncio.timeout(TIMEOUT):
-            while not got or got[-1].id is None or got[-1].seq < last_seq:
-                ev = await self.next()
-                assert ev is not None, f"stream ended after {[e.id for e in got]}"
-                got.append(ev)
-        return got
-
-
 @contextlib.asynccontextmanager
 async def open_sse(
     live: Live,
@@ -264,14 +195,16 @@ async def open_sse(
     params: dict[str, Any] | None = None,
     headers: dict[str, str] | None = None,
     cookies: dict[str, str] | None = None,
-) -> AsyncIterator[SSEReader]:
+) -> AsyncIterator[EventStream]:
+    # aconnect_sse adds Accept and Cache-Control to the headers dict it is given: a copy
     async with (
         httpx.AsyncClient(base_url=live.url, timeout=TIMEOUT, cookies=cookies) as http,
-        http.stream("GET", "/api/events", params=params, headers=headers) as response,
+        aconnect_sse(http, "GET", "/api/events", params=params, headers=dict(headers or {})) as s,
     ):
+        response = s.response
         assert response.status_code == 200, (await response.aread())[:300]
         assert response.headers["content-type"].startswith("text/event-stream")
-        yield SSEReader(response)
+        yield EventStream(response, TIMEOUT)
 
 
 # -- writes in the background -------------------------------------------------------------

@@ -13,18 +13,19 @@ from pathlib import Path
 
 import httpx
 import pytest
+from httpx_sse import aconnect_sse
 from websockets.exceptions import ConnectionClosed
 
 from tests.conftest import free_port
 from tests.realtime.conftest import (
     TIMEOUT,
     Live,
-    SSEReader,
     open_sse,
     recv,
     subscribed,
     ws_connect,
 )
+from tests.sse import EventStream
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -92,9 +93,9 @@ async def test_sigterm_with_an_sse_client_exits_0_promptly_after_lifespan_shutdo
             token = (await http.post("/api/login", json=creds)).json()["token"]
 
             headers = {"Authorization": f"Bearer {token}"}
-            async with http.stream("GET", "/api/events", headers=headers) as r:
-                assert r.status_code == 200
-                sse = SSEReader(r)
+            async with aconnect_sse(http, "GET", "/api/events", headers=headers) as source:
+                assert source.response.status_code == 200
+                sse = EventStream(source.response, TIMEOUT)
                 await sse.expect("connected")
 
                 started = time.monotonic()

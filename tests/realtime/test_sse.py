@@ -8,6 +8,7 @@ from typing import Any
 
 import httpx
 import pytest
+from httpx_sse import aconnect_sse
 
 from service.config import Settings
 from tests.realtime.conftest import (
@@ -22,6 +23,7 @@ from tests.realtime.conftest import (
     update_item,
     writing,
 )
+from tests.sse import EventStream, seq
 
 
 async def test_connected_then_one_event_per_change(live: Live) -> None:
@@ -78,7 +80,7 @@ async def test_resume_replays_everything_after_the_id_without_gap_or_duplicate(
                 target = hello.json()["seq"] + 5  # past the seam, into live events
                 got = await sse.changes_until(target)
             assert [e.event for e in got] == ["item_created"] * len(got)
-            assert [e.seq for e in got] == list(range(since + 1, target + 1)), (
+            assert [seq(e) for e in got] == list(range(since + 1, target + 1)), (
                 f"since={since}, connected at {hello.json()['seq']}"
             )
 
@@ -114,7 +116,7 @@ async def test_resume_older_than_retention_gets_reset(tmp_path: Path) -> None:
                 assert reset.json() == {"seq": current}
                 item = await create_item(http, alice, title="after the reset")
                 nxt = await sse.expect("item_created")
-                assert (nxt.seq, nxt.json()) == (current + 1, item)
+                assert (seq(nxt), nxt.json()) == (current + 1, item)
 
 
 async def test_resume_from_the_future_gets_reset(live: Live) -> None:
@@ -139,7 +141,7 @@ async def test_resume_from_the_future_gets_reset(live: Live) -> None:
                 )
             assert first is not None and first.event == "reset", first
             nxt = await sse.expect("item_created")
-            assert (nxt.seq, nxt.json()) == (current + 1, item)
+            assert (seq(nxt), nxt.json()) == (current + 1, item)
 
 
 async def test_filters_see_items_enter_and_leave(live: Live) -> None:
@@ -181,7 +183,7 @@ async def test_filters_see_items_enter_and_leave(live: Live) -> None:
         ends = {"bob": last, "completed": reactivated, "bob-active": last}
         for name, sse in readers.items():
             events = await sse.changes_until(ends[name])
-            assert events[-1].seq == ends[name]
+            assert seq(events[-1]) == ends[name]
             got[name] = [(e.event, e.json()["id"]) for e in events]
 
     c, u, d = "item_created", "item_updated", "item_deleted"
@@ -256,9 +258,6 @@ async def test_login_cookie_from_the_api_opens_the_stream(live: Live) -> None:
         assert (await http.post("/api/register", json=creds)).status_code == 201
         assert (await http.post("/api/login", json=creds)).status_code == 200
         assert live.settings.cookie_name in http.cookies
-        async with http.stream("GET", "/api/events") as r:
-            assert r.status_code == 200
-            async for line in r.aiter_lines():
-                if line.startswith("event:"):
-                    assert line == "event: connected"
-                    break
+        async with aconnect_sse(http, "GET", "/api/events") as source:
+            assert source.response.status_code == 200
+            await EventStream(source.response, TIMEOUT).expect("connected")

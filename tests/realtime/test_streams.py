@@ -8,16 +8,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import re
 import socket
 import time
 import tracemalloc
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 from fastapi import FastAPI
+from httpx_sse import ServerSentEvent
 from prometheus_client import REGISTRY
 from websockets.exceptions import ConnectionClosed
 
@@ -37,8 +37,7 @@ from tests.realtime.conftest import (
     writing,
     ws_connect,
 )
-
-ID_LINE = re.compile(rb"^id: (\d+)$", re.MULTILINE)
+from tests.sse import CHANGES, SocketSSE, seq
 
 
 def settings(tmp_path: Path, **overrides: Any) -> Settings:
@@ -73,55 +72,23 @@ async def commit(live: Live, owner: int, n: int, description: str = "") -> int:
     return seq
 
 
-class RawSSE:
-    """An SSE client on a raw socket (optionally with a tiny receive buffer, and reading only
-    when told): counts `id:` lines without parsing JSON, so megabytes stream fast."""
+async def change_seqs(events: AsyncIterator[ServerSentEvent], last: int) -> list[int]:
+    """The seqs of the change events read until seq `last` (or the end of the stream); no JSON
+    is parsed, so megabytes stream fast."""
+    seqs: list[int] = []
+    async for event in events:
+        if event.event in CHANGES:
+            seqs.append(seq(event))
+            if seqs[-1] >= last:
+                break
+    return seqs
 
-    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self.reader, self.writer = reader, writer
-        self.ids: list[int] = []
-        self.tail = b""
-        self.raw = b""
 
-    @classmethod
-    async def open(
-        cls, live: Live, token: str, since: int | None, rcvbuf: int | None = None
-    ) -> RawSSE:
-        sock = socket.socket()
-        if rcvbuf is not None:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
-        sock.setblocking(False)
-        await asyncio.get_running_loop().sock_connect(sock, ("127.0.0.1", live.port))
-        reader, writer = await asyncio.open_connection(sock=sock, limit=2**20)
-        resume = f"Last-Event-ID: {since}\r\n" if since is not None else ""
-        writer.write(
-            f"GET /api/events HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\n"
-            f"{resume}\r\n".encode()
-        )
-        return cls(reader, writer)
-
-    async def read_until(self, seq: int) -> list[int]:
-        async with asyncio.timeout(TIMEOUT * 6):
-            while not self.ids or self.ids[-1] < seq:
-                self._feed(await self.reader.read(2**20))
-        return self.ids
-
-    async def read_to_end(self) -> bytes:
-        async with asyncio.timeout(TIMEOUT):
-            while chunk := await self.reader.read(2**20):
-                self._feed(chunk)
-        return self.raw
-
-    def _feed(self, chunk: bytes) -> None:
-        assert chunk, f"stream ended after {self.ids[-3:]}"
-        data = self.tail + chunk
-        cut = data.rfind(b"\n")
-        self.ids.extend(int(m) for m in ID_LINE.findall(data, 0, cut + 1))
-        self.tail = data[cut + 1 :]
-        self.raw = (self.raw + chunk)[-4096:]
-
-    def close(self) -> None:
-        self.writer.close()
+def resuming(live: Live, token: str, since: int, rcvbuf: int | None = None) -> SocketSSE:
+    """An SSE client on a socket of its own (optionally with a tiny receive buffer), reading
+    only when the test iterates its events."""
+    headers = {"Authorization": f"Bearer {token}", "Last-Event-ID": str(since)}
+    return SocketSSE(live.port, headers, rcvbuf)
 
 
 # -- start-up ---------------------------------------------------------------------------------
@@ -159,7 +126,7 @@ async def test_resume_during_worker_start_up_gets_every_event(tmp_path: Path) ->
                 await create_item(http, alice, title="live")
             last = await settled(live)
             got = await sse.changes_until(last)
-        assert [e.seq for e in got] == list(range(since + 1, last + 1))
+        assert [seq(e) for e in got] == list(range(since + 1, last + 1))
 
 
 async def test_resume_ahead_of_the_worker_waits_for_it_and_skips_what_it_had(
@@ -191,13 +158,13 @@ async def test_resume_ahead_of_the_worker_waits_for_it_and_skips_what_it_had(
             assert ring.seq == head + 1  # the client is ahead of this worker
             gate.set()
             got = await sse.changes_until(store_seq)
-            assert [e.seq for e in got] == list(range(ahead + 1, store_seq + 1))
+            assert [seq(e) for e in got] == list(range(ahead + 1, store_seq + 1))
 
         never = store_seq + 1000
         async with open_sse(live, headers={"Last-Event-ID": str(never), **alice.headers}) as sse:
             await sse.expect("connected")
             reset = await sse.expect("reset")
-            assert reset.seq == store_seq
+            assert seq(reset) == store_seq
 
 
 async def test_replay_live_seam_under_concurrent_writes_no_gap_no_duplicate(
@@ -223,7 +190,7 @@ async def test_replay_live_seam_under_concurrent_writes_no_gap_no_duplicate(
                 for since, sse in zip(resumes, readers, strict=True):
                     await sse.expect("connected")
                     got = await sse.changes_until(final)
-                    assert [e.seq for e in got] == list(range(since + 1, final + 1)), since
+                    assert [seq(e) for e in got] == list(range(since + 1, final + 1)), since
 
 
 # -- stalled readers ----------------------------------------------------------------------------
@@ -262,7 +229,7 @@ async def test_stalled_reader_dropped_within_the_bound_with_no_new_events(
         alice = await live.user("alice")
         start = await settled(live)
         if transport == "sse":
-            sse = await RawSSE.open(live, alice.token, start, rcvbuf=4096)
+            sse = resuming(live, alice.token, start, rcvbuf=4096)
             cursor = await only_cursor(live)
             await fill_until_stalled(live, lambda: cursor)
             quiet = time.monotonic()
@@ -270,10 +237,12 @@ async def test_stalled_reader_dropped_within_the_bound_with_no_new_events(
             assert time.monotonic() - quiet < stall + 0.5
             assert cursor.reason == "overflow"
             assert await live.app.state.store.ping() == live.ring.seq  # nothing new arrived
-            raw = await sse.read_to_end()
-            assert b"event: overflow" in raw
-            assert sse.ids == list(range(start + 1, start + 1 + len(sse.ids)))
+            async with asyncio.timeout(TIMEOUT):
+                events = [event async for event in sse.events()]
             sse.close()
+            assert events[-1].event == "overflow", events[-3:]
+            seqs = [seq(e) for e in events if e.event in CHANGES]
+            assert seqs == list(range(start + 1, start + 1 + len(seqs)))
         else:
             sock = socket.socket()
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
@@ -330,9 +299,10 @@ async def test_a_100_mb_replay_is_paged_in_order_within_a_memory_bound(tmp_path:
     async with serve(settings(tmp_path, stream_ring_events=100)) as live:
         alice = await live.user("alice")
         last = await big_log(live, alice.id, 100)
-        sse = await RawSSE.open(live, alice.token, 0)
+        sse = resuming(live, alice.token, 0)
         with python_peak() as peak:
-            ids = await sse.read_until(last)
+            async with asyncio.timeout(TIMEOUT * 6):
+                ids = await change_seqs(sse.events(), last)
         sse.close()
         assert ids == list(range(1, last + 1))
         assert peak[0] < 16, f"replay peaked at {peak[0]:.0f} MiB of Python memory"
@@ -356,8 +326,9 @@ async def test_100_clients_resuming_from_0_at_once_share_the_log_pages(tmp_path:
 
         store.events_since = counted
         with python_peak() as peak:
-            clients = await asyncio.gather(*(RawSSE.open(live, alice.token, 0) for _ in range(100)))
-            results = await asyncio.gather(*(c.read_until(last) for c in clients))
+            clients = [resuming(live, alice.token, 0) for _ in range(100)]
+            async with asyncio.timeout(TIMEOUT * 6):
+                results = await asyncio.gather(*(change_seqs(c.events(), last) for c in clients))
         for c in clients:
             c.close()
         for ids in results:

@@ -10,10 +10,10 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
+from prometheus_client import REGISTRY
 
 from service.errors import StoreUnavailable
 from service.keys import Keys
-from service.metrics import STORE_HANDSHAKES_REFUSED
 from service.pb import store_pb2 as spb
 from service.store.engine import StoreEngine
 from service.store.server import StoreServer
@@ -33,7 +33,7 @@ REQUEST = encode_frame(
 
 
 def refused() -> float:
-    return STORE_HANDSHAKES_REFUSED._value.get()  # type: ignore[attr-defined,no-any-return]
+    return REGISTRY.get_sample_value("duckcast_store_handshakes_refused_total") or 0.0
 
 
 async def read_all(reader: asyncio.StreamReader) -> bytes:
