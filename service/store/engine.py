@@ -70,6 +70,7 @@ class StoreEngine:
         path: Path,
         *,
         read_threads: int = 4,
+        duckdb_threads: int | None = None,
         item_cache_bytes: int = 64 * 1024 * 1024,
         miss_cache_entries: int = 10_000,
         page_cache_bytes: int = 16 * 1024 * 1024,
@@ -83,6 +84,7 @@ class StoreEngine:
         self._upload_limits = upload_limits
         self.revocations = revocations.RevocationLog()
         self._read_threads = read_threads
+        self._duckdb_threads = duckdb_threads
         self._item_cache: ItemCache = item_cache(item_cache_bytes, miss_cache_entries)
         self._page_cache: PageCache = page_cache(page_cache_bytes)
         self._commit_window = commit_window
@@ -102,7 +104,10 @@ class StoreEngine:
     def open(self) -> None:
         private_dir(self.path.parent)
         # Checkpoint ourselves when idle; the automatic one slows as the indexes grow.
-        con = duckdb.connect(str(self.path), config={"checkpoint_threshold": "256MB"})
+        config: dict[str, str | int] = {"checkpoint_threshold": "256MB"}
+        if self._duckdb_threads is not None:  # None: DuckDB's default, one per core
+            config["threads"] = self._duckdb_threads
+        con = duckdb.connect(str(self.path), config=config)
         self.path.chmod(0o600)  # password hashes: the owner only, whatever the umask
         migrate(con)
         self.state = _load_state(con)
