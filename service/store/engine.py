@@ -104,7 +104,7 @@ class StoreEngine:
     def open(self) -> None:
         private_dir(self.path.parent)
         # Checkpoint ourselves when idle; the automatic one slows as the indexes grow.
-        config: dict[str, str | int] = {"checkpoint_threshold": "256MB"}
+        config: dict[str, str | bool | int | float | list[str]] = {"checkpoint_threshold": "256MB"}
         if self._duckdb_threads is not None:  # None: DuckDB's default, one per core
             config["threads"] = self._duckdb_threads
         con = duckdb.connect(str(self.path), config=config)
