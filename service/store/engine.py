@@ -6,6 +6,7 @@ in-process client both call it, so embedded and multi-process modes run the same
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import threading
 import time
@@ -235,6 +236,8 @@ class StoreEngine:
             result = await self._writer.submit(getattr(req, kind), deadline, committing)
             getattr(resp, WRITES[kind]).CopyFrom(result)
             resp.seq = self.state.last_seq  # set at commit, before the writer answered
+        elif kind == "create_many":
+            await self._create_many(req.create_many.creates, resp, deadline, committing)
         elif kind == "revocations_since":
             resp.revocations.CopyFrom(self.revocations.since(req.revocations_since.after_rev))
         elif kind in ("get_user", "get_user_by_name"):
@@ -260,6 +263,29 @@ class StoreEngine:
             resp.pong.seq = self.state.last_seq
         else:
             raise errors.Invalid(f"unknown store operation {kind!r}")
+
+    async def _create_many(
+        self,
+        creates: Sequence[spb.CreateItems],
+        resp: spb.StoreResponse,
+        deadline: float | None,
+        committing: Callable[[], bool] | None,
+    ) -> None:
+        """Each create a write of its own; one answer per create, as create_items answers."""
+        futures = self._writer.submit_many(creates, deadline, committing)
+        results = await asyncio.gather(*futures, return_exceptions=True)
+        seq = self.state.last_seq  # at or after every one of these writes
+        answers = resp.created_many.answers
+        for result in results:
+            answer = answers.add()
+            if isinstance(result, errors.DuckcastError):
+                answer.error.code = error_code(result)
+                answer.error.message = result.message
+            elif isinstance(result, BaseException):
+                raise result
+            else:
+                answer.items.CopyFrom(result)
+                answer.seq = seq
 
     async def _list(self, q: spb.ListItems) -> pb.ItemPage:
         if q.HasField("status"):

@@ -48,8 +48,12 @@ def error_code(exc: errors.DuckcastError) -> spb.StoreError.Code.ValueType:
     return _BY_CLASS.get(type(exc), spb.StoreError.INTERNAL)  # type: ignore[return-value]
 
 
+def error_for(err: spb.StoreError) -> errors.DuckcastError:
+    return _BY_CODE.get(err.code, errors.DuckcastError)(err.message or "store error")
+
+
 def raise_for(err: spb.StoreError) -> None:
-    raise _BY_CODE.get(err.code, errors.DuckcastError)(err.message or "store error")
+    raise error_for(err)
 
 
 def parse_address(url: str) -> tuple[str, str | tuple[str, int]]:
