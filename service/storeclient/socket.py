@@ -30,10 +30,9 @@ import time
 from collections.abc import Sequence
 
 from service.errors import StoreTimeout, StoreUnavailable, WriteInDoubt
-from service.metrics import STORE_REQUESTS
 from service.pb import duckcast_pb2 as pb
 from service.pb import store_pb2 as spb
-from service.storeclient.base import StoreClient
+from service.storeclient.base import StoreClient, count_request
 from service.storeclient.handshake import HandshakeError, client_handshake
 from service.storeclient.protocol import encode_frame, error_for, parse_address, read_frame
 
@@ -182,7 +181,7 @@ class SocketStoreClient(StoreClient):
             return
         for (_, future), answer in zip(creates, answers, strict=True):
             outcome = "ok" if answer.WhichOneof("result") != "error" else _code(answer.error)
-            STORE_REQUESTS.labels("create_items", outcome).inc()
+            count_request("create_items", outcome)
             if future.done():  # the caller gave up (its write may still have committed)
                 continue
             if outcome == "ok":
