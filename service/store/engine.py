@@ -41,7 +41,7 @@ from service.store.reads import (
 from service.store.schema import migrate
 from service.store.uploads import UploadLimits
 from service.store.writer import GroupCommitWriter
-from service.storeclient.protocol import error_code
+from service.storeclient.protocol import UNKNOWN_OPERATION, error_code
 
 logger = logging.getLogger(__name__)
 
@@ -262,7 +262,7 @@ class StoreEngine:
                 raise errors.StoreUnavailable("the store's writer thread has stopped")
             resp.pong.seq = self.state.last_seq
         else:
-            raise errors.Invalid(f"unknown store operation {kind!r}")
+            raise errors.Invalid(f"{UNKNOWN_OPERATION} {kind!r}")
 
     async def _create_many(
         self,

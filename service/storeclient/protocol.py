@@ -11,6 +11,9 @@ from service import errors
 from service.pb import store_pb2 as spb
 
 MAX_FRAME = 64 * 1024 * 1024
+# The start of the store's INVALID answer to an op it does not know (one newer than it): the
+# request was not applied, and a client may fall back to the ops the store has.
+UNKNOWN_OPERATION = "unknown store operation"
 _HEADER = 4
 
 Code = spb.StoreError.Code

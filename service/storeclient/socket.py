@@ -29,12 +29,18 @@ import logging
 import time
 from collections.abc import Sequence
 
-from service.errors import StoreTimeout, StoreUnavailable, WriteInDoubt
+from service.errors import Invalid, StoreTimeout, StoreUnavailable, WriteInDoubt
 from service.pb import duckcast_pb2 as pb
 from service.pb import store_pb2 as spb
 from service.storeclient.base import StoreClient, count_request
 from service.storeclient.handshake import HandshakeError, client_handshake
-from service.storeclient.protocol import encode_frame, error_for, parse_address, read_frame
+from service.storeclient.protocol import (
+    UNKNOWN_OPERATION,
+    encode_frame,
+    error_for,
+    parse_address,
+    read_frame,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -47,6 +53,7 @@ COMMIT_MARGIN_MAX = 1.0
 # How long past its deadline a call waits for a write the store announced it is committing
 # (a commit takes milliseconds: only a paused or stalled store makes this wait), then 504.
 IN_DOUBT_WAIT = 10.0
+_Create = tuple[spb.CreateItems, asyncio.Future[tuple[pb.ItemList, int]]]
 MAX_COALESCED = 256  # creates per CreateMany (single-item creates: a few KB each at most)
 
 
@@ -71,7 +78,9 @@ class SocketStoreClient(StoreClient):
         self._in_doubt: set[int] = set()  # writes the store announced it is committing
         self._sweeper: asyncio.TimerHandle | None = None
         self._out: list[bytes] = []
-        self._creates: list[tuple[spb.CreateItems, asyncio.Future[tuple[pb.ItemList, int]]]] = []
+        self._creates: list[_Create] = []
+        # Single-item creates of a loop turn go as one CreateMany; off for a store without it.
+        self.coalesce = True
         self._coalescing: set[asyncio.Task[None]] = set()
 
     @property
@@ -128,7 +137,7 @@ class SocketStoreClient(StoreClient):
         idempotency_key: str = "",
         request_hash: bytes = b"",
     ) -> tuple[pb.ItemList, int]:
-        if len(items) != 1:  # bulk creates (large, rarer) go as they are
+        if len(items) != 1 or not self.coalesce:  # bulk creates (large, rarer) go as they are
             return await super().create_items_at(actor_id, items, idempotency_key, request_hash)
         op = spb.CreateItems(
             actor_id=actor_id,
@@ -152,32 +161,31 @@ class SocketStoreClient(StoreClient):
             self._coalescing.add(task)
             task.add_done_callback(self._coalescing.discard)
 
-    async def _create_many(
-        self, creates: list[tuple[spb.CreateItems, asyncio.Future[tuple[pb.ItemList, int]]]]
-    ) -> None:
-        if len(creates) == 1:
-            ((op, future),) = creates
-            req = spb.StoreRequest(create_items=op)
-        else:
-            many = spb.CreateMany(creates=[op for op, _ in creates])
-            req = spb.StoreRequest(create_many=many)
+    async def _create_many(self, creates: list[_Create]) -> None:
+        if len(creates) == 1 or not self.coalesce:
+            await asyncio.gather(*(self._create_one(op, future) for op, future in creates))
+            return
+        req = spb.StoreRequest(create_many=spb.CreateMany(creates=[op for op, _ in creates]))
         try:
             resp = await self._ok(req)
-        except Exception as exc:  # the request as a whole: every create gets it
-            for _, future in creates:
-                if not future.done():
-                    future.set_exception(exc)
+        except Invalid as exc:
+            if not str(exc).startswith(UNKNOWN_OPERATION):
+                _fail_all(creates, exc)
+                return
+            # A store older than CreateMany (a rolling upgrade): it applied nothing.
+            logger.warning(
+                "the store at %s does not take CreateMany: creates go one by one", self.url
+            )
+            self.coalesce = False
+            await self._create_many(creates)
             return
-        if len(creates) == 1:
-            if not future.done():
-                future.set_result((resp.items, resp.seq))
+        except Exception as exc:  # the request as a whole: every create gets it
+            _fail_all(creates, exc)
             return
         answers = resp.created_many.answers
         if len(answers) != len(creates):
             lost = StoreUnavailable(f"the store answered {len(answers)} of {len(creates)} creates")
-            for _, future in creates:
-                if not future.done():
-                    future.set_exception(lost)
+            _fail_all(creates, lost)
             return
         for (_, future), answer in zip(creates, answers, strict=True):
             outcome = "ok" if answer.WhichOneof("result") != "error" else _code(answer.error)
@@ -188,6 +196,17 @@ class SocketStoreClient(StoreClient):
                 future.set_result((answer.items, answer.seq))
             else:
                 future.set_exception(error_for(answer.error))
+
+    async def _create_one(
+        self, op: spb.CreateItems, future: asyncio.Future[tuple[pb.ItemList, int]]
+    ) -> None:
+        try:
+            resp = await self._ok(spb.StoreRequest(create_items=op))
+        except Exception as exc:
+            _fail_all([(op, future)], exc)
+            return
+        if not future.done():
+            future.set_result((resp.items, resp.seq))
 
     def _timed_out(self) -> StoreTimeout:
         return StoreTimeout(f"the store did not answer within {self.timeout:g}s")
@@ -307,6 +326,12 @@ class SocketStoreClient(StoreClient):
             else:
                 future.set_exception(exc)
         self._pending.clear()
+
+
+def _fail_all(creates: list[_Create], exc: BaseException) -> None:
+    for _, future in creates:
+        if not future.done():
+            future.set_exception(exc)
 
 
 def _code(err: spb.StoreError) -> str:

@@ -8,7 +8,7 @@ import asyncio
 import contextlib
 import socket
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import pytest
@@ -33,7 +33,7 @@ from service.storeclient.inprocess import InProcessStoreClient
 from service.storeclient.protocol import MAX_FRAME, encode_frame
 from service.storeclient.socket import SocketStoreClient
 from tests.conftest import free_port
-from tests.seed import SEEDED_USERS
+from tests.seed import SEEDED_USERS, seed_users
 from tests.store.conftest import STORE_KEY, Served, WriterGate, creates, settle, wait_until
 
 
@@ -167,6 +167,45 @@ async def test_single_creates_of_one_loop_turn_go_as_one_request_each_a_write_of
     last = await client.ping()
     assert all(0 < seq <= last for _, seq in (a, keyed, b))
     assert (await client.get_item(b[0].items[0].id)) == b[0].items[0]
+
+
+class _StoreBeforeCreateMany(StoreEngine):
+    """The engine as a store older than CreateMany sees such a request: an op it does not
+    know (protobuf keeps the field as unknown, so no op is set)."""
+
+    async def handle(
+        self, req: spb.StoreRequest, committing: Callable[[], bool] | None = None
+    ) -> spb.StoreResponse:
+        if req.WhichOneof("op") == "create_many":
+            req = spb.StoreRequest(id=req.id, deadline_us=req.deadline_us)
+        return await super().handle(req, committing)
+
+
+async def test_creates_reach_a_store_older_than_create_many_one_by_one(
+    db_path: Path, sock_dir: Path
+) -> None:
+    """A worker upgraded before its store (compose's api and store are separate services):
+    the store refuses the CreateMany as an unknown op without applying anything, and the
+    client sends those creates, and every later one, alone."""
+    seed_users(db_path)
+    engine = _StoreBeforeCreateMany(db_path, read_threads=1)
+    engine.open()
+    url = f"unix:{sock_dir}/old.sock"
+    server = StoreServer(engine, url, key=STORE_KEY)
+    await server.start()
+    client = SocketStoreClient(url, key=STORE_KEY)
+    try:
+        for round_ in range(2):
+            made = await asyncio.gather(
+                *(client.create_items(1, creates(f"r{round_}-{i}")) for i in range(4))
+            )
+            assert [m.items[0].title for m in made] == [f"r{round_}-{i}" for i in range(4)]
+        assert not client.coalesce
+        assert (await client.stats()).total == 8
+    finally:
+        await client.close()
+        await server.close()
+        engine.close()
 
 
 async def test_writes_free_their_in_flight_slot_once_answered(
