@@ -72,9 +72,9 @@ class Settings(BaseSettings):
     max_batch: int = Field(default=2000, ge=1)
     read_threads: int = Field(default=4, ge=1, le=64)
     # DuckDB's own worker threads (its `threads` option). One: the store's queries are small
-    # (a group commit's few statements, point reads, pages), and extra threads only add
-    # wake-ups: ~15-30% of the store's CPU per create under concurrent creates (README,
-    # Performance). Raise it for large `q` searches on a machine with idle cores.
+    # (a group commit's few statements, point reads, pages), and a second thread only added
+    # wake-ups, ~80 us of CPU per create under concurrent creates (README, Performance).
+    # Raise it for large `q` searches on a machine with idle cores.
     duckdb_threads: int = Field(default=1, ge=1, le=256)
     # Store caches, bounded by an estimate of the memory their entries hold (see
     # service/store/cache.py); "not found" answers are kept apart, by count.

