@@ -71,6 +71,11 @@ class Settings(BaseSettings):
     commit_window_ms: float = Field(default=2.0, ge=0, le=100)
     max_batch: int = Field(default=2000, ge=1)
     read_threads: int = Field(default=4, ge=1, le=64)
+    # DuckDB's own worker threads (its `threads` option). One: the store's queries are small
+    # (a group commit's few statements, point reads, pages), and a second thread only added
+    # wake-ups, ~80 us of CPU per create under concurrent creates (README, Performance).
+    # Raise it for large `q` searches on a machine with idle cores.
+    duckdb_threads: int = Field(default=1, ge=1, le=256)
     # Store caches, bounded by an estimate of the memory their entries hold (see
     # service/store/cache.py); "not found" answers are kept apart, by count.
     item_cache_bytes: int = Field(default=64 * MiB, ge=0)

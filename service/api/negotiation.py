@@ -68,6 +68,11 @@ async def parse_body(
 ) -> M:
     """The body as `model`, from JSON or protobuf. `max_items`: the body is a list of at most
     that many entries, counted before it is decoded (service.api.bulkbody)."""
+    return validated(model, await body_data(request, message, max_items))
+
+
+async def body_data(request: Request, message: type[Message], max_items: int | None = None) -> Any:
+    """The body decoded from JSON or protobuf (a message as its set fields), not validated."""
     media = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
     body = await request.body()
     data: Any
@@ -90,6 +95,10 @@ async def parse_body(
         raise UnsupportedMediaType(
             f"Content-Type must be {JSON}, {PROTOBUF} or application/x-protobuf"
         )
+    return data
+
+
+def validated(model: type[M], data: Any) -> M:
     try:
         return model.model_validate(data)
     except ValidationError as exc:

@@ -12,11 +12,12 @@ from google.protobuf.message import Message
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from service.pb import duckcast_pb2 as pb
-from service.wire import Status
+from service.wire import STATUSES, Status
 
-Title = Annotated[str, Field(min_length=1, max_length=200)]
-Description = Annotated[str, Field(max_length=10_000)]
-Priority = Annotated[int, Field(ge=0, le=100)]
+TITLE_MAX, DESCRIPTION_MAX, PRIORITY_MAX = 200, 10_000, 100
+Title = Annotated[str, Field(min_length=1, max_length=TITLE_MAX)]
+Description = Annotated[str, Field(max_length=DESCRIPTION_MAX)]
+Priority = Annotated[int, Field(ge=0, le=PRIORITY_MAX)]
 
 
 class Mirrored(BaseModel):
@@ -139,6 +140,34 @@ class UploadOut(Mirrored):
 
 class ErrorOut(BaseModel):  # protobuf: `Error {code, message}`, not a mirror
     detail: str
+
+
+_ITEM_CREATE_FIELDS = frozenset(ItemCreate.model_fields)
+
+
+def valid_item_create(data: object) -> pb.ItemCreate | None:
+    """`data` (a decoded body) as the ItemCreate it is when ItemCreate accepts it as it
+    stands, else None (ItemCreate then explains). The hot path of POST /api/items: 1.4 µs
+    instead of the model's 3.7 for `{"title": ...}`. It accepts nothing the model refuses
+    (tests/api/test_create_body.py draws bodies to check it)."""
+    if type(data) is not dict or not data.keys() <= _ITEM_CREATE_FIELDS:
+        return None
+    title = data.get("title")
+    description = data.get("description", "")
+    status = data.get("status", "active")
+    priority = data.get("priority", 0)
+    if (
+        type(title) is str
+        and 1 <= len(title) <= TITLE_MAX
+        and type(description) is str
+        and len(description) <= DESCRIPTION_MAX
+        and type(status) is str
+        and status in STATUSES
+        and type(priority) is int  # not bool: the model is strict
+        and 0 <= priority <= PRIORITY_MAX
+    ):
+        return pb.ItemCreate(title=title, description=description, status=status, priority=priority)
+    return None
 
 
 def item_create_pb(c: ItemCreate) -> pb.ItemCreate:

@@ -39,6 +39,7 @@ class StoreRequest(_message.Message):
     GET_USER_BY_NAME_FIELD_NUMBER: _builtins.int
     GET_USER_FIELD_NUMBER: _builtins.int
     EVENTS_SINCE_FIELD_NUMBER: _builtins.int
+    CREATE_MANY_FIELD_NUMBER: _builtins.int
     REVOKE_TOKEN_FIELD_NUMBER: _builtins.int
     REVOCATIONS_SINCE_FIELD_NUMBER: _builtins.int
     RECORD_UPLOAD_FIELD_NUMBER: _builtins.int
@@ -72,6 +73,14 @@ class StoreRequest(_message.Message):
     @_builtins.property
     def events_since(self) -> Global___EventsSince: ...
     @_builtins.property
+    def create_many(self) -> Global___CreateMany:
+        """Single-item creates a worker had in flight in one loop turn, in one request (one frame,
+        one Committing notice, one answer instead of one each). Each create is a write of its
+        own in the writer's queue (it fails or commits on its own, like a lone create_items);
+        the answer is a CreatedMany with one answer per create, in order.
+        """
+
+    @_builtins.property
     def revoke_token(self) -> Global___RevokeToken:
         """Security (issue 7): numbered apart so parallel additions above do not collide."""
 
@@ -97,16 +106,17 @@ class StoreRequest(_message.Message):
         get_user_by_name: Global___GetUserByName | None = ...,
         get_user: Global___GetUser | None = ...,
         events_since: Global___EventsSince | None = ...,
+        create_many: Global___CreateMany | None = ...,
         revoke_token: Global___RevokeToken | None = ...,
         revocations_since: Global___RevocationsSince | None = ...,
         record_upload: Global___RecordUpload | None = ...,
         delete_upload: Global___DeleteUpload | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["create_items", b"create_items", "create_user", b"create_user", "delete_item", b"delete_item", "delete_upload", b"delete_upload", "events_since", b"events_since", "get_item", b"get_item", "get_stats", b"get_stats", "get_user", b"get_user", "get_user_by_name", b"get_user_by_name", "list_items", b"list_items", "op", b"op", "ping", b"ping", "record_upload", b"record_upload", "revocations_since", b"revocations_since", "revoke_token", b"revoke_token", "update_item", b"update_item"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["create_items", b"create_items", "create_many", b"create_many", "create_user", b"create_user", "delete_item", b"delete_item", "delete_upload", b"delete_upload", "events_since", b"events_since", "get_item", b"get_item", "get_stats", b"get_stats", "get_user", b"get_user", "get_user_by_name", b"get_user_by_name", "list_items", b"list_items", "op", b"op", "ping", b"ping", "record_upload", b"record_upload", "revocations_since", b"revocations_since", "revoke_token", b"revoke_token", "update_item", b"update_item"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["create_items", b"create_items", "create_user", b"create_user", "deadline_us", b"deadline_us", "delete_item", b"delete_item", "delete_upload", b"delete_upload", "events_since", b"events_since", "get_item", b"get_item", "get_stats", b"get_stats", "get_user", b"get_user", "get_user_by_name", b"get_user_by_name", "id", b"id", "list_items", b"list_items", "op", b"op", "ping", b"ping", "record_upload", b"record_upload", "revocations_since", b"revocations_since", "revoke_token", b"revoke_token", "update_item", b"update_item"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["create_items", b"create_items", "create_many", b"create_many", "create_user", b"create_user", "deadline_us", b"deadline_us", "delete_item", b"delete_item", "delete_upload", b"delete_upload", "events_since", b"events_since", "get_item", b"get_item", "get_stats", b"get_stats", "get_user", b"get_user", "get_user_by_name", b"get_user_by_name", "id", b"id", "list_items", b"list_items", "op", b"op", "ping", b"ping", "record_upload", b"record_upload", "revocations_since", b"revocations_since", "revoke_token", b"revoke_token", "update_item", b"update_item"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_op: _TypeAlias = _typing.Literal["ping", "create_items", "update_item", "delete_item", "get_item", "list_items", "get_stats", "create_user", "get_user_by_name", "get_user", "events_since", "revoke_token", "revocations_since", "record_upload", "delete_upload"]  # noqa: Y015
+    _WhichOneofReturnType_op: _TypeAlias = _typing.Literal["ping", "create_items", "update_item", "delete_item", "get_item", "list_items", "get_stats", "create_user", "get_user_by_name", "get_user", "events_since", "create_many", "revoke_token", "revocations_since", "record_upload", "delete_upload"]  # noqa: Y015
     _WhichOneofArgType_op: _TypeAlias = _typing.Literal["op", b"op"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_op) -> _WhichOneofReturnType_op | None: ...
 
@@ -162,6 +172,26 @@ class CreateItems(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___CreateItems: _TypeAlias = CreateItems  # noqa: Y015
+
+@_typing.final
+class CreateMany(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CREATES_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def creates(self) -> _containers.RepeatedCompositeFieldContainer[Global___CreateItems]: ...
+    def __init__(
+        self,
+        *,
+        creates: _abc.Iterable[Global___CreateItems] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["creates", b"creates"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CreateMany: _TypeAlias = CreateMany  # noqa: Y015
 
 @_typing.final
 class UpdateItem(_message.Message):
@@ -702,6 +732,30 @@ class Committing(_message.Message):
 Global___Committing: _TypeAlias = Committing  # noqa: Y015
 
 @_typing.final
+class CreatedMany(_message.Message):
+    """One answer per create of a CreateMany, in order: each as a lone create_items would get it
+    (`items` and `seq`, or `error`; `id` unset).
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ANSWERS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def answers(self) -> _containers.RepeatedCompositeFieldContainer[Global___StoreResponse]: ...
+    def __init__(
+        self,
+        *,
+        answers: _abc.Iterable[Global___StoreResponse] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["answers", b"answers"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CreatedMany: _TypeAlias = CreatedMany  # noqa: Y015
+
+@_typing.final
 class StoreResponse(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -718,6 +772,7 @@ class StoreResponse(_message.Message):
     USER_RECORD_FIELD_NUMBER: _builtins.int
     EVENTS_FIELD_NUMBER: _builtins.int
     COMMITTING_FIELD_NUMBER: _builtins.int
+    CREATED_MANY_FIELD_NUMBER: _builtins.int
     REVOKED_FIELD_NUMBER: _builtins.int
     REVOCATIONS_FIELD_NUMBER: _builtins.int
     UPLOAD_FIELD_NUMBER: _builtins.int
@@ -752,6 +807,8 @@ class StoreResponse(_message.Message):
         """not the answer: the answer follows"""
 
     @_builtins.property
+    def created_many(self) -> Global___CreatedMany: ...
+    @_builtins.property
     def revoked(self) -> Global___Revocation: ...
     @_builtins.property
     def revocations(self) -> Global___Revocations: ...
@@ -775,16 +832,17 @@ class StoreResponse(_message.Message):
         user_record: Global___UserRecord | None = ...,
         events: Global___EventBatch | None = ...,
         committing: Global___Committing | None = ...,
+        created_many: Global___CreatedMany | None = ...,
         revoked: Global___Revocation | None = ...,
         revocations: Global___Revocations | None = ...,
         upload: _duckcast_pb2.UploadResult | None = ...,
         upload_deleted: Global___Deleted | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["committing", b"committing", "deleted", b"deleted", "error", b"error", "events", b"events", "item", b"item", "items", b"items", "page", b"page", "pong", b"pong", "result", b"result", "revocations", b"revocations", "revoked", b"revoked", "stats", b"stats", "upload", b"upload", "upload_deleted", b"upload_deleted", "user", b"user", "user_record", b"user_record"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["committing", b"committing", "created_many", b"created_many", "deleted", b"deleted", "error", b"error", "events", b"events", "item", b"item", "items", b"items", "page", b"page", "pong", b"pong", "result", b"result", "revocations", b"revocations", "revoked", b"revoked", "stats", b"stats", "upload", b"upload", "upload_deleted", b"upload_deleted", "user", b"user", "user_record", b"user_record"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["committing", b"committing", "deleted", b"deleted", "error", b"error", "events", b"events", "id", b"id", "item", b"item", "items", b"items", "page", b"page", "pong", b"pong", "result", b"result", "revocations", b"revocations", "revoked", b"revoked", "seq", b"seq", "stats", b"stats", "upload", b"upload", "upload_deleted", b"upload_deleted", "user", b"user", "user_record", b"user_record"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["committing", b"committing", "created_many", b"created_many", "deleted", b"deleted", "error", b"error", "events", b"events", "id", b"id", "item", b"item", "items", b"items", "page", b"page", "pong", b"pong", "result", b"result", "revocations", b"revocations", "revoked", b"revoked", "seq", b"seq", "stats", b"stats", "upload", b"upload", "upload_deleted", b"upload_deleted", "user", b"user", "user_record", b"user_record"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_result: _TypeAlias = _typing.Literal["error", "pong", "items", "item", "deleted", "page", "stats", "user", "user_record", "events", "committing", "revoked", "revocations", "upload", "upload_deleted"]  # noqa: Y015
+    _WhichOneofReturnType_result: _TypeAlias = _typing.Literal["error", "pong", "items", "item", "deleted", "page", "stats", "user", "user_record", "events", "committing", "created_many", "revoked", "revocations", "upload", "upload_deleted"]  # noqa: Y015
     _WhichOneofArgType_result: _TypeAlias = _typing.Literal["result", b"result"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_result) -> _WhichOneofReturnType_result | None: ...
 

@@ -146,8 +146,8 @@ class ReadCache:
                     self._drop(self._items, item_id)
                 elif ev.item.version >= entry.message.version:
                     self._replace(self._items, item_id, CachedItem(ev.item))
-            for limit in list(self._pages):
-                self._apply_to_page(limit, ev)
+        for limit in list(self._pages):
+            self._apply_to_page(limit, events)
         self.seq = events[-1].seq
         self._wake()
 
@@ -161,32 +161,41 @@ class ReadCache:
         self.live = True
         self._wake()
 
-    def _apply_to_page(self, limit: int, ev: pb.DomainEvent) -> None:
+    def _apply_to_page(self, limit: int, events: Sequence[pb.DomainEvent]) -> None:
+        """A relay batch's events applied to one cached page, giving one new page (a page in
+        use by a reader is never changed in place)."""
         page = self._pages.get(limit)
         if page is None:
             return  # evicted while this batch was applied
         assert isinstance(page, CachedPage)
-        if ev.seq <= page.seq:
-            return  # the store's page already reflects it
-        items, size = page.items, page.size
-        if ev.type == pb.CREATED:
-            items = [ev.item, *items]  # ids grow: a new item is the newest
-            size += 3 * ev.item.ByteSize()
-            if len(items) > limit:
-                size -= 3 * items.pop().ByteSize()
-        elif ev.type == pb.UPDATED:
-            at = _index(items, ev.item.id)
-            if at is not None:
-                items = items.copy()
-                size += 3 * (ev.item.ByteSize() - items[at].ByteSize())
-                items[at] = ev.item
-        elif (
-            len(items) < limit or ev.deleted_id >= items[-1].id
-        ):  # the deleted item was on the page: what moves up into it is not known here
-            self._drop(self._pages, limit)
-            return
-        # (a delete of an item older than the whole, full page changes only the counts)
-        self._replace(self._pages, limit, CachedPage(items, ev.stats.total, limit, ev.seq, size))
+        items, size, total, seq = page.items, page.size, page.total, page.seq
+        copied = False
+        for ev in events:
+            if ev.seq <= seq:
+                continue  # the store's page already reflects it
+            if ev.type == pb.CREATED:
+                if not copied:
+                    items, copied = items.copy(), True
+                items.insert(0, ev.item)  # ids grow: a new item is the newest
+                size += 3 * ev.item.ByteSize()
+                if len(items) > limit:
+                    size -= 3 * items.pop().ByteSize()
+            elif ev.type == pb.UPDATED:
+                at = _index(items, ev.item.id)
+                if at is not None:
+                    if not copied:
+                        items, copied = items.copy(), True
+                    size += 3 * (ev.item.ByteSize() - items[at].ByteSize())
+                    items[at] = ev.item
+            elif (
+                len(items) < limit or ev.deleted_id >= items[-1].id
+            ):  # the deleted item was on the page: what moves up into it is not known here
+                self._drop(self._pages, limit)
+                return
+            # (a delete of an item older than the whole, full page changes only the counts)
+            total, seq = ev.stats.total, ev.seq
+        if seq != page.seq:
+            self._replace(self._pages, limit, CachedPage(items, total, limit, seq, size))
 
     # -- the request's side ---------------------------------------------------------------
 

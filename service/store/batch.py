@@ -90,6 +90,9 @@ class StoreState:
     """What the single writer knows about the committed database."""
 
     next_item_id: int = 1
+    # Item ids below this may have been issued: the value id_counters holds (see
+    # StoreEngine._apply). At start the store continues from it, so no id is issued twice.
+    reserved_item_id: int = 1
     next_user_id: int = 1
     last_seq: int = 0
     first_seq: int = 1  # oldest event still in the log

@@ -24,6 +24,7 @@ def build_engine(settings: Settings) -> StoreEngine:
     return StoreEngine(
         settings.database_path,
         read_threads=settings.read_threads,
+        duckdb_threads=settings.duckdb_threads,
         item_cache_bytes=settings.item_cache_bytes,
         miss_cache_entries=settings.miss_cache_entries,
         page_cache_bytes=settings.page_cache_bytes,

@@ -129,9 +129,15 @@ class StoreServer:
     async def _answer(
         self, req: spb.StoreRequest, out: _Coalescer, slots: asyncio.Semaphore
     ) -> None:
+        sent = False
+
         def committing() -> bool:
-            notice = spb.StoreResponse(id=req.id, committing=spb.Committing())
-            return out.send_notice(encode_frame(notice.SerializeToString()))
+            # once per request: a CreateMany's writes each announce themselves
+            nonlocal sent
+            if not sent:
+                notice = spb.StoreResponse(id=req.id, committing=spb.Committing())
+                sent = out.send_notice(encode_frame(notice.SerializeToString()))
+            return sent
 
         try:
             resp = await self._engine.handle(req, committing)

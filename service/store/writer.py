@@ -141,6 +141,25 @@ class GroupCommitWriter(Generic[Op]):
         self._queue.put(_Task(op, future, loop, deadline, committing, committing is None))
         return await future
 
+    def submit_many(
+        self,
+        ops: Sequence[Op],
+        deadline: float | None = None,
+        committing: Callable[[], bool] | None = None,
+    ) -> list[asyncio.Future[Any]]:
+        """`submit` for several ops at once: one future per op, each resolved (or failed) on
+        its own, as if each had been submitted alone. They share `deadline` and `committing`
+        (which may then run more than once)."""
+        if self._closed:
+            raise StoreUnavailable("store is shutting down")
+        loop = asyncio.get_running_loop()
+        futures: list[asyncio.Future[Any]] = []
+        for op in ops:
+            future: asyncio.Future[Any] = loop.create_future()
+            self._queue.put(_Task(op, future, loop, deadline, committing, committing is None))
+            futures.append(future)
+        return futures
+
     def close(self, timeout: float = 30.0) -> None:
         """Stop taking writes, let everything already queued commit in order, then stop."""
         if self._closed:

@@ -10,11 +10,32 @@ import abc
 import time
 from collections.abc import Sequence
 
+from prometheus_client import Counter, Histogram
+
 from service.errors import StoreUnavailable
 from service.metrics import STORE_LATENCY, STORE_REQUESTS
 from service.pb import duckcast_pb2 as pb
 from service.pb import store_pb2 as spb
 from service.storeclient.protocol import raise_for
+
+# The metrics' children by label values, looked up once: labels() cost more than the
+# increment itself, on every store call.
+_REQUESTS: dict[tuple[str, str], Counter] = {}
+_LATENCY: dict[str, Histogram] = {}
+
+
+def count_request(op: str, outcome: str) -> None:
+    child = _REQUESTS.get((op, outcome))
+    if child is None:
+        child = _REQUESTS[op, outcome] = STORE_REQUESTS.labels(op, outcome)
+    child.inc()
+
+
+def _latency(op: str) -> Histogram:
+    child = _LATENCY.get(op)
+    if child is None:
+        child = _LATENCY[op] = STORE_LATENCY.labels(op)
+    return child
 
 
 class StoreClient(abc.ABC):
@@ -37,13 +58,13 @@ class StoreClient(abc.ABC):
         try:
             resp = await self.call(req)
         except StoreUnavailable:
-            STORE_REQUESTS.labels(op, "unavailable").inc()
+            count_request(op, "unavailable")
             raise
-        STORE_LATENCY.labels(op).observe(time.perf_counter() - started)
+        _latency(op).observe(time.perf_counter() - started)
         if resp.WhichOneof("result") == "error":
-            STORE_REQUESTS.labels(op, spb.StoreError.Code.Name(resp.error.code).lower()).inc()
+            count_request(op, spb.StoreError.Code.Name(resp.error.code).lower())
             raise_for(resp.error)
-        STORE_REQUESTS.labels(op, "ok").inc()
+        count_request(op, "ok")
         return resp
 
     async def ping(self) -> int:

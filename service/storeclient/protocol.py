@@ -11,6 +11,9 @@ from service import errors
 from service.pb import store_pb2 as spb
 
 MAX_FRAME = 64 * 1024 * 1024
+# The start of the store's INVALID answer to an op it does not know (one newer than it): the
+# request was not applied, and a client may fall back to the ops the store has.
+UNKNOWN_OPERATION = "unknown store operation"
 _HEADER = 4
 
 Code = spb.StoreError.Code
@@ -48,8 +51,12 @@ def error_code(exc: errors.DuckcastError) -> spb.StoreError.Code.ValueType:
     return _BY_CLASS.get(type(exc), spb.StoreError.INTERNAL)  # type: ignore[return-value]
 
 
+def error_for(err: spb.StoreError) -> errors.DuckcastError:
+    return _BY_CODE.get(err.code, errors.DuckcastError)(err.message or "store error")
+
+
 def raise_for(err: spb.StoreError) -> None:
-    raise _BY_CODE.get(err.code, errors.DuckcastError)(err.message or "store error")
+    raise error_for(err)
 
 
 def parse_address(url: str) -> tuple[str, str | tuple[str, int]]:

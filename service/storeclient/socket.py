@@ -10,6 +10,10 @@
   after announcing it does the call end in WriteInDoubt (504).
 - Back-pressure: at most `max_in_flight` calls wait on the store; more wait for a slot, within
   their deadline.
+- Coalescing: the single-item creates that callers start in one loop turn (a worker's
+  concurrent POST /api/items) go to the store as one CreateMany request, each still a write of
+  its own there (it commits or fails alone): one frame, one Committing notice and one answer
+  for all of them, instead of one each, on both sides of the connection.
 - Reconnection: a lost connection fails the calls in flight. The next call reconnects; failed
   attempts back off exponentially, one attempt at a time for all callers, so a dead store is
   not hammered. A call that arrives during a backoff waits for the next attempt if it comes
@@ -23,12 +27,20 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections.abc import Sequence
 
-from service.errors import StoreTimeout, StoreUnavailable, WriteInDoubt
+from service.errors import Invalid, StoreTimeout, StoreUnavailable, WriteInDoubt
+from service.pb import duckcast_pb2 as pb
 from service.pb import store_pb2 as spb
-from service.storeclient.base import StoreClient
+from service.storeclient.base import StoreClient, count_request
 from service.storeclient.handshake import HandshakeError, client_handshake
-from service.storeclient.protocol import encode_frame, parse_address, read_frame
+from service.storeclient.protocol import (
+    UNKNOWN_OPERATION,
+    encode_frame,
+    error_for,
+    parse_address,
+    read_frame,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -41,6 +53,8 @@ COMMIT_MARGIN_MAX = 1.0
 # How long past its deadline a call waits for a write the store announced it is committing
 # (a commit takes milliseconds: only a paused or stalled store makes this wait), then 504.
 IN_DOUBT_WAIT = 10.0
+_Create = tuple[spb.CreateItems, asyncio.Future[tuple[pb.ItemList, int]]]
+MAX_COALESCED = 256  # creates per CreateMany (single-item creates: a few KB each at most)
 
 
 class SocketStoreClient(StoreClient):
@@ -64,6 +78,10 @@ class SocketStoreClient(StoreClient):
         self._in_doubt: set[int] = set()  # writes the store announced it is committing
         self._sweeper: asyncio.TimerHandle | None = None
         self._out: list[bytes] = []
+        self._creates: list[_Create] = []
+        # Single-item creates of a loop turn go as one CreateMany; off for a store without it.
+        self.coalesce = True
+        self._coalescing: set[asyncio.Task[None]] = set()
 
     @property
     def commit_margin(self) -> float:
@@ -111,6 +129,84 @@ class SocketStoreClient(StoreClient):
                 self._in_doubt.discard(rid)
         finally:
             self._slots.release()
+
+    async def create_items_at(
+        self,
+        actor_id: int,
+        items: Sequence[pb.ItemCreate],
+        idempotency_key: str = "",
+        request_hash: bytes = b"",
+    ) -> tuple[pb.ItemList, int]:
+        if len(items) != 1 or not self.coalesce:  # bulk creates (large, rarer) go as they are
+            return await super().create_items_at(actor_id, items, idempotency_key, request_hash)
+        op = spb.CreateItems(
+            actor_id=actor_id,
+            items=items,
+            idempotency_key=idempotency_key,
+            request_hash=request_hash,
+        )
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[tuple[pb.ItemList, int]] = loop.create_future()
+        self._creates.append((op, future))
+        if len(self._creates) == 1:
+            loop.call_soon(self._send_creates)
+        return await future
+
+    def _send_creates(self) -> None:
+        creates, self._creates = self._creates, []
+        for start in range(0, len(creates), MAX_COALESCED):
+            task = asyncio.get_running_loop().create_task(
+                self._create_many(creates[start : start + MAX_COALESCED])
+            )
+            self._coalescing.add(task)
+            task.add_done_callback(self._coalescing.discard)
+
+    async def _create_many(self, creates: list[_Create]) -> None:
+        if len(creates) == 1 or not self.coalesce:
+            await asyncio.gather(*(self._create_one(op, future) for op, future in creates))
+            return
+        req = spb.StoreRequest(create_many=spb.CreateMany(creates=[op for op, _ in creates]))
+        try:
+            resp = await self._ok(req)
+        except Invalid as exc:
+            if not str(exc).startswith(UNKNOWN_OPERATION):
+                _fail_all(creates, exc)
+                return
+            # A store older than CreateMany (a rolling upgrade): it applied nothing.
+            logger.warning(
+                "the store at %s does not take CreateMany: creates go one by one", self.url
+            )
+            self.coalesce = False
+            await self._create_many(creates)
+            return
+        except Exception as exc:  # the request as a whole: every create gets it
+            _fail_all(creates, exc)
+            return
+        answers = resp.created_many.answers
+        if len(answers) != len(creates):
+            lost = StoreUnavailable(f"the store answered {len(answers)} of {len(creates)} creates")
+            _fail_all(creates, lost)
+            return
+        for (_, future), answer in zip(creates, answers, strict=True):
+            outcome = "ok" if answer.WhichOneof("result") != "error" else _code(answer.error)
+            count_request("create_items", outcome)
+            if future.done():  # the caller gave up (its write may still have committed)
+                continue
+            if outcome == "ok":
+                future.set_result((answer.items, answer.seq))
+            else:
+                future.set_exception(error_for(answer.error))
+
+    async def _create_one(
+        self, op: spb.CreateItems, future: asyncio.Future[tuple[pb.ItemList, int]]
+    ) -> None:
+        try:
+            resp = await self._ok(spb.StoreRequest(create_items=op))
+        except Exception as exc:
+            _fail_all([(op, future)], exc)
+            return
+        if not future.done():
+            future.set_result((resp.items, resp.seq))
 
     def _timed_out(self) -> StoreTimeout:
         return StoreTimeout(f"the store did not answer within {self.timeout:g}s")
@@ -230,6 +326,16 @@ class SocketStoreClient(StoreClient):
             else:
                 future.set_exception(exc)
         self._pending.clear()
+
+
+def _fail_all(creates: list[_Create], exc: BaseException) -> None:
+    for _, future in creates:
+        if not future.done():
+            future.set_exception(exc)
+
+
+def _code(err: spb.StoreError) -> str:
+    return spb.StoreError.Code.Name(err.code).lower()
 
 
 async def _authenticate(

@@ -6,13 +6,16 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 
+from service.config import Settings
 from service.errors import Conflict, Forbidden, Invalid, NotFound
 from service.pb import duckcast_pb2 as pb
 from service.pb import store_pb2 as spb
 from service.store.engine import StoreEngine
+from service.store.process import build_engine
 from service.storeclient.inprocess import InProcessStoreClient
 from tests.store.conftest import OpenEngine, WriterGate, creates, settle, wait_until
 
@@ -176,3 +179,19 @@ async def test_a_failing_batch_observer_does_not_stop_the_writer(
     assert [i.id for i in first.result().items] == [1]
     second = await asyncio.wait_for(store.create_items(1, creates("two")), 2)
     assert [i.id for i in second.items] == [2]
+
+
+@pytest.mark.parametrize("threads", [1, 3])
+def test_duckdb_threads_reach_the_database(tmp_path: Path, threads: int) -> None:
+    """DUCKCAST_DUCKDB_THREADS is DuckDB's `threads` in the store's database (1 by default:
+    more threads cost CPU per write, README Performance)."""
+    settings = Settings(data_dir=tmp_path / "data", duckdb_threads=threads)
+    engine = build_engine(settings)
+    engine.open()
+    try:
+        assert engine._con is not None
+        row = engine._con.execute("SELECT current_setting('threads')").fetchone()
+        assert row is not None and int(row[0]) == threads
+    finally:
+        engine.close()
+    assert Settings().duckdb_threads == 1

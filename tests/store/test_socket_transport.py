@@ -8,10 +8,11 @@ import asyncio
 import contextlib
 import socket
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import pytest
+from prometheus_client import REGISTRY
 
 from service.errors import (
     Conflict,
@@ -20,6 +21,7 @@ from service.errors import (
     NotFound,
     StoreTimeout,
     StoreUnavailable,
+    Unauthorized,
     WriteInDoubt,
 )
 from service.pb import duckcast_pb2 as pb
@@ -31,7 +33,7 @@ from service.storeclient.inprocess import InProcessStoreClient
 from service.storeclient.protocol import MAX_FRAME, encode_frame
 from service.storeclient.socket import SocketStoreClient
 from tests.conftest import free_port
-from tests.seed import SEEDED_USERS
+from tests.seed import SEEDED_USERS, seed_users
 from tests.store.conftest import STORE_KEY, Served, WriterGate, creates, settle, wait_until
 
 
@@ -131,6 +133,81 @@ async def test_many_concurrent_calls_share_one_connection(served: Served) -> Non
     assert len(served.server._connections) == 1
 
 
+def _requests(op: str) -> float:
+    return (
+        REGISTRY.get_sample_value("duckcast_store_request_duration_seconds_count", {"op": op})
+        or 0.0
+    )
+
+
+async def test_single_creates_of_one_loop_turn_go_as_one_request_each_a_write_of_its_own(
+    served: Served,
+) -> None:
+    """Single-item creates started in the same loop turn reach the store as one CreateMany, and
+    each keeps the outcome it would have alone: a bad one fails alone (the others commit), an
+    actor that does not exist is refused alone, and one Idempotency-Key used twice creates once."""
+    client = served.client
+    many, lone = _requests("create_many"), _requests("create_items")
+    calls = [
+        client.create_items_at(1, creates("a")),
+        client.create_items_at(1, [pb.ItemCreate(title="")]),  # the store's own check
+        client.create_items_at(10**6, creates("nobody")),
+        client.create_items_at(2, creates("keyed"), "k1", b"h"),
+        client.create_items_at(2, creates("keyed"), "k1", b"h"),
+        client.create_items_at(1, creates("b")),
+    ]
+    a, empty, nobody, keyed, again, b = await asyncio.gather(*calls, return_exceptions=True)
+    assert (_requests("create_many"), _requests("create_items")) == (many + 1, lone)
+    assert isinstance(empty, Invalid) and isinstance(nobody, Unauthorized), (empty, nobody)
+    assert not isinstance(a, BaseException) and not isinstance(b, BaseException)
+    assert not isinstance(keyed, BaseException) and not isinstance(again, BaseException)
+    assert [i.title for i in a[0].items] == ["a"] and [i.title for i in b[0].items] == ["b"]
+    assert keyed[0] == again[0]  # the first answer again, not a second item
+    assert (await client.stats()).total == 3
+    last = await client.ping()
+    assert all(0 < seq <= last for _, seq in (a, keyed, b))
+    assert (await client.get_item(b[0].items[0].id)) == b[0].items[0]
+
+
+class _StoreBeforeCreateMany(StoreEngine):
+    """The engine as a store older than CreateMany sees such a request: an op it does not
+    know (protobuf keeps the field as unknown, so no op is set)."""
+
+    async def handle(
+        self, req: spb.StoreRequest, committing: Callable[[], bool] | None = None
+    ) -> spb.StoreResponse:
+        if req.WhichOneof("op") == "create_many":
+            req = spb.StoreRequest(id=req.id, deadline_us=req.deadline_us)
+        return await super().handle(req, committing)
+
+
+async def test_creates_reach_a_store_older_than_create_many_one_by_one(
+    db_path: Path, sock_dir: Path
+) -> None:
+    """A worker upgraded before its store (compose's api and store are separate services):
+    the store refuses the CreateMany as an unknown op without applying anything, and the
+    client sends those creates, and every later one, alone."""
+    seed_users(db_path)
+    engine = _StoreBeforeCreateMany(db_path, read_threads=1)
+    engine.open()
+    url = f"unix:{sock_dir}/old.sock"
+    server = StoreServer(engine, url, key=STORE_KEY)
+    await server.start()
+    client = SocketStoreClient(url, key=STORE_KEY)
+    try:
+        for round_ in range(2):
+            made = await asyncio.gather(
+                *(client.create_items(1, creates(f"r{round_}-{i}")) for i in range(4))
+            )
+            assert [m.items[0].title for m in made] == [f"r{round_}-{i}" for i in range(4)]
+        assert not client.coalesce
+        assert (await client.stats()).total == 8
+    finally:
+        await client.close()
+        await server.close()
+        engine.close()
+
+
 async def test_writes_free_their_in_flight_slot_once_answered(
     engine: StoreEngine, sock_dir: Path
 ) -> None:
@@ -225,8 +302,9 @@ async def test_a_store_that_shuts_down_answers_what_it_took_then_the_client_heal
         await restarted.close()
 
 
+@pytest.mark.parametrize("writes", [1, 3])  # 3: one CreateMany
 async def test_a_write_that_times_out_before_the_store_commits_it_is_never_applied(
-    served: Served, gate: WriterGate
+    served: Served, gate: WriterGate, writes: int
 ) -> None:
     """The writer is busy past the caller's deadline: the call gives up (StoreTimeout, so the
     API answers 503), and when the writer gets to the write it does not apply it, although
@@ -234,8 +312,9 @@ async def test_a_write_that_times_out_before_the_store_commits_it_is_never_appli
     client = served.client
     client.timeout = 0.3
     async with gate.held():
-        with pytest.raises(StoreTimeout):
-            await client.create_items(1, creates("too late"))
+        late = [client.create_items(1, creates(f"too late {i}")) for i in range(writes)]
+        for outcome in await asyncio.gather(*late, return_exceptions=True):
+            assert isinstance(outcome, StoreTimeout), outcome
     client.timeout = 5.0
     assert (await client.stats()).total == 0
     assert await client.ping() == 0
@@ -259,18 +338,20 @@ async def test_a_write_the_store_announced_is_waited_for_past_the_deadline(
     assert [i.title for i in (await call).items] == ["slow commit"]
 
 
+@pytest.mark.parametrize("writes", [1, 3])  # 3: one CreateMany
 async def test_a_store_that_dies_after_announcing_a_write_leaves_it_in_doubt(
-    served: Served, gate: WriterGate
+    served: Served, gate: WriterGate, writes: int
 ) -> None:
     """The store goes away between its Committing notice and its answer: the write may be
     applied, so the call ends in WriteInDoubt (504), never in StoreUnavailable (503)."""
     client = served.client
     gate.arm()
-    call = asyncio.create_task(client.create_items(1, creates("in doubt")))
+    doubt = [client.create_items(1, creates(f"in doubt {i}")) for i in range(writes)]
+    calls = asyncio.gather(*doubt, return_exceptions=True)
     await gate.parked()
     await served.server.close(drain_timeout=0)  # no drain: the answer is lost
-    with pytest.raises(WriteInDoubt):
-        await call
+    for outcome in await calls:
+        assert isinstance(outcome, WriteInDoubt), outcome
     gate.release()
 
 
