@@ -23,7 +23,7 @@ from websockets.exceptions import ConnectionClosed
 
 from service.config import Settings
 from service.pb import duckcast_pb2 as pb
-from service.realtime.ring import Cursor, Ring
+from service.realtime.ring import WRITE_BYTES, Cursor, Ring
 from tests.realtime.conftest import (
     TIMEOUT,
     Live,
@@ -292,6 +292,81 @@ async def test_stalled_reader_dropped_within_the_bound_with_no_new_events(
                         seqs.append((await recv_event(ws)).seq)
                 assert closed.value.rcvd is not None and closed.value.rcvd.code == 4008
                 assert seqs == list(range(start + 1, start + 1 + len(seqs)))
+
+
+# -- direct writes --------------------------------------------------------------------------------
+
+
+async def read_chunks(sock: socket.socket, last: int) -> tuple[list[int], list[int]]:
+    """The HTTP chunk sizes of an SSE response (each is one transport write of the server)
+    and the `id:` seqs in them, until `last`."""
+    loop = asyncio.get_running_loop()
+    buf = b""
+    while b"\r\n\r\n" not in buf:
+        buf += await loop.sock_recv(sock, 65536)
+    head, buf = buf.split(b"\r\n\r\n", 1)
+    assert b"transfer-encoding: chunked" in head.lower(), head
+    sizes: list[int] = []
+    body = b""
+    async with asyncio.timeout(TIMEOUT * 3):
+        while not (ids := [int(m) for m in ID_LINE.findall(body)]) or ids[-1] < last:
+            while b"\r\n" not in buf:
+                buf += await loop.sock_recv(sock, 65536)
+            line, rest = buf.split(b"\r\n", 1)
+            size = int(line, 16)
+            while len(rest) < size + 2:
+                rest += await loop.sock_recv(sock, 1 << 20)
+            sizes.append(size)
+            body += rest[:size]
+            buf = rest[size + 2 :]
+    return sizes, ids
+
+
+async def test_a_burst_reaches_a_parked_sse_stream_in_writes_of_bounded_size(
+    tmp_path: Path,
+) -> None:
+    """A parked SSE stream's events go out in one HTTP chunk per write (one transport write),
+    and no write carries more than WRITE_BYTES plus one event, however many events a wake-up
+    brings (here ~1 MB at once): a socket's buffer grows by one bounded write before its
+    high-water mark stops the fan-out. Every event arrives once, in order."""
+    async with serve(settings(tmp_path)) as live:
+        alice = await live.user("alice")
+        start = await settled(live)
+        sock = socket.socket()
+        sock.setblocking(False)
+        await asyncio.get_running_loop().sock_connect(sock, ("127.0.0.1", live.port))
+        sock.send(
+            f"GET /api/events HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {alice.token}\r\n"
+            f"Last-Event-ID: {start}\r\n\r\n".encode()
+        )
+        cursor = await only_cursor(live)
+        await until(lambda: cursor.parked is not None, what="the stream parked")
+        await live.app.state.store.create_items(
+            alice.id, [pb.ItemCreate(title=f"b{i}", description="x" * 9000) for i in range(100)]
+        )
+        last = await settled(live)
+        sizes, ids = await read_chunks(sock, last)
+        sock.close()
+        assert ids == list(range(start + 1, last + 1))
+        assert max(sizes) <= WRITE_BYTES + 10_000, sizes
+        assert len(sizes) < 10, sizes  # batched: not one write per event
+
+
+async def test_a_parked_sse_stream_gets_keepalives_from_the_fan_out(live: Live) -> None:
+    """The ring's keep-alive tick reaches a parked SSE stream as a comment, written by the
+    fan-out (the stream's coroutine stays parked)."""
+    alice = await live.user("alice")
+    await settled(live)
+    sse = await RawSSE.open(live, alice.token, None)
+    cursor = await only_cursor(live)
+    await until(lambda: cursor.parked is not None, what="the stream parked")
+    parked = cursor.parked
+    live.ring._tick()
+    async with asyncio.timeout(TIMEOUT):
+        while b": keep-alive" not in sse.raw:
+            sse._feed(await sse.reader.read(65536))
+    assert cursor.parked is parked
+    sse.close()
 
 
 # -- replay cost ----------------------------------------------------------------------------------
