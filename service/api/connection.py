@@ -111,6 +111,10 @@ class _QueuedWebSocket:
 
     def __init__(self, proto: Any) -> None:
         self._proto = proto
+        # websockets-sansio keeps the handshake's request and response (their headers: ~2 KB)
+        # for the connection's life, and reads them only until the handshake is complete.
+        if proto.handshake_complete and getattr(proto, "response", None) is not None:
+            proto.request = proto.response = None
 
     def gone(self) -> bool:
         proto = self._proto
