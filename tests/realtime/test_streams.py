@@ -507,3 +507,15 @@ async def test_stream_metrics_are_observed(live: Live) -> None:
     assert sample("duckcast_event_delivery_lag_seconds_count", transport="sse") > before["lag"]
     closes = sample("duckcast_stream_closes_total", transport="sse", reason="client")
     assert closes == before["closes"] + 1
+
+
+async def test_a_websocket_stream_holds_no_handshake_headers(live: Live) -> None:
+    """Under websockets-sansio (uvicorn's default) an open /ws/items stream does not keep the
+    handshake's request and response objects (their headers, ~2 KB per subscriber)."""
+    alice = await live.user("alice")
+    await settled(live)
+    async with ws_connect(live, alice):
+        cursor = await only_cursor(live)
+        proto = cursor.conn._proto  # type: ignore[union-attr]
+        assert type(proto).__name__ == "WebSocketsSansIOProtocol"
+        assert proto.request is None and proto.response is None
