@@ -16,6 +16,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import orjson
 import pytest
 from fastapi import FastAPI
 from prometheus_client import REGISTRY
@@ -480,14 +481,56 @@ async def test_a_client_message_closes_1008_within_a_second(
         await until(lambda: len(live.ring) == 0, within=1.0, what="sse disconnect noticed")
 
 
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")
+@pytest.mark.filterwarnings("ignore:The `websockets` implementation is deprecated")
+@pytest.mark.parametrize(
+    ("http", "ws", "parks"),
+    [
+        ("httptools", "websockets-sansio", True),
+        ("httptools", "wsproto", True),
+        ("h11", "websockets", False),
+    ],
+)
+async def test_events_arrive_in_order_whether_streams_park_or_send(
+    tmp_path: Path, http: str, ws: str, parks: bool
+) -> None:
+    """SSE, WebSocket JSON and WebSocket protobuf subscribers get every event once, in order,
+    whether the ring's fan-out writes their frames to the transport (httptools; sansio and
+    wsproto WebSockets: the streams park) or each stream writes through ASGI `send` (h11,
+    legacy websockets: they never park); events committed one at a time and five at once."""
+    async with serve(settings(tmp_path), ws=ws, http=http) as live:
+        alice = await live.user("alice")
+        start = await settled(live)
+        async with (
+            open_sse(live, headers=alice.headers) as sse,
+            ws_connect(live, alice, params={"format": "json"}) as wsj,
+            ws_connect(live, alice) as wsp,
+        ):
+            await sse.expect("connected")
+            await until(lambda: len(live.ring) == 3, what="three subscribers")
+            if parks:
+                await until(lambda: len(live.ring._parked) == 3, what="three parked")
+            for _ in range(3):  # one at a time, then five in one commit
+                await commit(live, alice.id, 1)
+                await settled(live)
+            last = await commit(live, alice.id, 5)
+            expected = list(range(start + 1, last + 1))
+            assert [e.seq for e in await sse.changes_until(last)] == expected
+            got_json = [orjson.loads(await recv(wsj))["seq"] for _ in expected]
+            got_proto = [(await recv_event(wsp)).seq for _ in expected]
+            assert got_json == expected and got_proto == expected
+            assert len(live.ring._parked) == (3 if parks else 0)
+
+
 def sample(name: str, **labels: str) -> float:
     return REGISTRY.get_sample_value(name, labels) or 0.0
 
 
 async def test_stream_metrics_are_observed(live: Live) -> None:
     """Opening, delivering to and closing a stream move duckcast_stream_opens_total,
-    duckcast_deliveries_total, duckcast_event_delivery_lag_seconds (sampled: one write in 16,
-    so 16 separate live writes observe at least once) and duckcast_stream_closes_total."""
+    duckcast_deliveries_total, duckcast_event_delivery_lag_seconds (sampled: once per fan-out
+    for a parked stream, one write in 16 for a stream's own writes, so 16 separate live writes
+    observe at least once) and duckcast_stream_closes_total."""
     alice = await live.user("alice")
     await settled(live)
     before = {
