@@ -311,6 +311,7 @@ class Ring:
         self._ending: set[Cursor] = set()  # dropped, but their stream has not ended yet
         self._wakeup: asyncio.Future[None] | None = None
         self._flush_handle: asyncio.Handle | None = None
+        self._last_wake = float("-inf")  # loop time of the last wake-up
         self._unflushed = 0
         self._timers: list[asyncio.TimerHandle] = []
         self._parked: dict[Cursor, None] = {}  # ordered: the fan-out's order is stable
@@ -481,11 +482,15 @@ class Ring:
             self._skip = 0
 
     def _schedule_wake(self) -> None:
+        # At most one wake-up per flush interval, but not a delay: an event after a quiet
+        # interval goes at once (a low rate pays no interval); one during the interval waits
+        # for its end, with everything else that arrives by then.
         if self._flush_handle is not None:
             return
         loop = asyncio.get_running_loop()
-        if self._flush_interval > 0:
-            self._flush_handle = loop.call_later(self._flush_interval, self._wake)
+        due = self._last_wake + self._flush_interval
+        if due > loop.time():
+            self._flush_handle = loop.call_at(due, self._wake)
         else:
             self._flush_handle = loop.call_soon(self._wake)
 
@@ -494,6 +499,7 @@ class Ring:
             self._flush_handle.cancel()
             self._flush_handle = None
         self._unflushed = 0
+        self._last_wake = asyncio.get_running_loop().time()
         fut, self._wakeup = self._wakeup, None
         if fut is not None and not fut.done():
             fut.set_result(None)

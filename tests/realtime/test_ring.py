@@ -278,6 +278,26 @@ async def test_a_stream_wakes_once_per_flush_and_keepalives_come_from_one_timer(
     assert await stream.ended() == "shutdown"
 
 
+async def test_the_flush_interval_limits_wake_ups_without_delaying_a_lone_event() -> None:
+    """An event after a quiet interval reaches the stream at once, not a flush interval
+    later; events during the interval that follows wait for its end and go in one write."""
+    ring = Ring(flush_interval=0.5)
+    ring.start(0)
+    stream = Stream(ring, ring.subscribe(None, Filters(), "test", None))
+    await asyncio.sleep(0)
+    sent = time.monotonic()
+    ring.publish([pb.DomainEvent(type=pb.CREATED, seq=1)])
+    assert await stream.until(1) == [1]
+    assert time.monotonic() - sent < 0.25
+    ring.publish([pb.DomainEvent(type=pb.CREATED, seq=2)])
+    ring.publish([pb.DomainEvent(type=pb.CREATED, seq=3)])
+    await asyncio.sleep(0.25)
+    assert seqs(stream.got) == [1]  # still inside the interval
+    assert await stream.until(3) == [1, 2, 3]
+    assert time.monotonic() - sent >= 0.5
+    assert stream.writes == 2
+
+
 async def test_close_ends_streams_with_shutdown_and_refuses_new_ones() -> None:
     """Ring.close() (what SIGTERM triggers) wakes every stream, even one waiting with nothing
     to send, with Closed("shutdown"); every later subscription is born closed with the same
