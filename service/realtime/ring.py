@@ -4,8 +4,15 @@ The relay is the ring's only producer: it appends every committed event once, in
 (after its gap repair). Each event is encoded at most once per wire format, on first use, and
 shared by every subscriber. A subscriber is a `Cursor`: the last seq it was sent. A stream
 sends what lies between its cursor and the ring's head, then waits on ONE wake-up shared by
-every subscriber of the worker; an idle subscriber therefore costs its cursor and its socket,
-with no task, queue or future of its own.
+every subscriber of the worker, with no task, queue or future of its own.
+
+A stream the server lets us write to directly (a `Pusher`: service/api/connection.py) parks
+once it has caught up: from then on the ring's one fan-out task writes each wake-up's events
+to its socket itself, a few hundred subscribers at a time with the event loop yielded between
+slices (so requests served by the same worker wait for a slice, not for the whole fan-out),
+and the stream's own coroutine sleeps on a future of its own until the ring needs it: its
+socket is above the high-water mark (it then blocks in its own write, where the sweep's stall
+rule sees it), its cursor is more than a write behind, or it must end.
 
 The ring is bounded by count and by bytes. A cursor older than its oldest event pages from
 the store's event log (`LogPages`: bounded pages, shared by cursors reading the same range)
@@ -27,7 +34,14 @@ from typing import NamedTuple, Protocol
 
 import orjson
 
-from service.metrics import DROPPED, STREAM_CLOSES, STREAM_OPENS, SUBSCRIBERS
+from service.metrics import (
+    DELIVERIES,
+    DELIVERY_LAG,
+    DROPPED,
+    STREAM_CLOSES,
+    STREAM_OPENS,
+    SUBSCRIBERS,
+)
 from service.pb import duckcast_pb2 as pb
 from service.realtime.filters import NO_FILTERS, Filters
 from service.storeclient import StoreClient
@@ -55,12 +69,27 @@ MAX_PAGE = 1000
 # stopped reading) has its connection aborted. After an overflow the client may still read
 # again and learn why it was dropped; at shutdown the worker must not wait for it.
 ABORT_GRACE = {"overflow": 60.0, "policy": 1.0, "shutdown": 1.0}
+# Parked subscribers written per slice of a fan-out before the event loop is yielded.
+FANOUT_SLICE = 128
+# Bytes one socket write carries at most (one event may exceed it): bounds what a pushed write
+# adds to a socket buffer, and a stream's own writes when it catches up.
+WRITE_BYTES = 256 * 1024
 
 
 class EncodedEvent:
     """One event with its wire forms computed on first use and shared by every subscriber."""
 
-    __slots__ = ("_json", "_proto", "_sse", "commit_time", "event", "seq", "size")
+    __slots__ = (
+        "_json",
+        "_proto",
+        "_sse",
+        "_ws_binary",
+        "_ws_text",
+        "commit_time",
+        "event",
+        "seq",
+        "size",
+    )
 
     def __init__(self, event: pb.DomainEvent) -> None:
         self.event = event
@@ -76,6 +105,8 @@ class EncodedEvent:
         self._sse: bytes | None = None
         self._json: str | None = None
         self._proto: bytes | None = None
+        self._ws_text: bytes | None = None
+        self._ws_binary: bytes | None = None
 
     @property
     def sse(self) -> bytes:
@@ -103,6 +134,33 @@ class EncodedEvent:
             self._proto = self.event.SerializeToString()
         return self._proto
 
+    @property
+    def ws_text(self) -> bytes:
+        """The JSON form as a whole WebSocket text frame (a server's frames are not masked,
+        so one frame serves every subscriber)."""
+        if self._ws_text is None:
+            self._ws_text = ws_frame(0x1, orjson.dumps(event_json(self.event)))
+        return self._ws_text
+
+    @property
+    def ws_binary(self) -> bytes:
+        """The protobuf form as a whole WebSocket binary frame."""
+        if self._ws_binary is None:
+            self._ws_binary = ws_frame(0x2, self.proto)
+        return self._ws_binary
+
+
+def ws_frame(opcode: int, payload: bytes) -> bytes:
+    """One final, unmasked WebSocket frame (RFC 6455 section 5.2)."""
+    n = len(payload)
+    if n < 126:
+        head = bytes((0x80 | opcode, n))
+    elif n < 65536:
+        head = bytes((0x80 | opcode, 126)) + n.to_bytes(2, "big")
+    else:
+        head = bytes((0x80 | opcode, 127)) + n.to_bytes(8, "big")
+    return head + payload
+
 
 def reset_event(seq: int) -> EncodedEvent:
     return EncodedEvent(pb.DomainEvent(type=pb.RESET, seq=seq))
@@ -119,6 +177,18 @@ class Connection(Protocol):
     def abort(self) -> None: ...
 
 
+class Pusher(Protocol):
+    """A stream the ring's fan-out can write to without its coroutine: events go to the
+    server's transport at once, without blocking."""
+
+    def push(self, events: list[EncodedEvent]) -> int:
+        """Write a prefix of `events` (at most WRITE_BYTES, but at least one event) now and
+        return how many; 0 if the socket is above its high-water mark or closing (the stream's
+        coroutine then writes, blocking)."""
+
+    def push_keepalive(self) -> None: ...
+
+
 class Closed(Exception):
     def __init__(self, reason: str) -> None:
         super().__init__(reason)
@@ -128,7 +198,17 @@ class Closed(Exception):
 class Cursor:
     """One subscriber: the last seq it was sent, and what the sweep needs to judge it."""
 
-    __slots__ = ("conn", "filters", "finished", "reason", "sending", "seq", "transport")
+    __slots__ = (
+        "conn",
+        "filters",
+        "finished",
+        "parked",
+        "pusher",
+        "reason",
+        "sending",
+        "seq",
+        "transport",
+    )
 
     def __init__(
         self, seq: int, filters: Filters | None, transport: str, conn: Connection | None
@@ -140,6 +220,9 @@ class Cursor:
         self.sending = 0.0  # monotonic time the current socket write began; 0.0: not writing
         self.reason: str | None = None  # why the stream must end (set once)
         self.finished = False  # the stream's handler has returned
+        self.pusher: Pusher | None = None  # set by the stream if its server allows it
+        # while the fan-out writes for the stream: what its coroutine awaits
+        self.parked: asyncio.Future[None] | None = None
 
 
 class Page(NamedTuple):
@@ -228,8 +311,13 @@ class Ring:
         self._ending: set[Cursor] = set()  # dropped, but their stream has not ended yet
         self._wakeup: asyncio.Future[None] | None = None
         self._flush_handle: asyncio.Handle | None = None
+        self._last_wake = float("-inf")  # loop time of the last wake-up
         self._unflushed = 0
         self._timers: list[asyncio.TimerHandle] = []
+        self._parked: dict[Cursor, None] = {}  # ordered: the fan-out's order is stable
+        self._fanout: asyncio.Task[None] | None = None
+        self._fanout_again = False  # a wake-up came while the fan-out task was running
+        self._keepalive_due = False
 
     # -- the producer (the relay) --------------------------------------------------------------
 
@@ -331,12 +419,25 @@ class Ring:
             # Another stream was cancelled while waiting on this shared future, which
             # cancelled it for everyone: for us it is only a wake-up.
 
+    async def park(self, cursor: Cursor) -> None:
+        """For a caught-up stream with a pusher: until the ring needs its coroutine again
+        (meanwhile the fan-out writes its events)."""
+        if cursor.reason is not None or cursor.pusher is None:
+            return
+        fut = cursor.parked = asyncio.get_running_loop().create_future()
+        self._parked[cursor] = None
+        try:
+            await fut
+        finally:
+            self._unpark(cursor)
+
     def drop(self, cursor: Cursor, reason: str) -> None:
         """End a stream (it sees `cursor.reason` when it next runs)."""
         if cursor.reason is not None:
             return
         cursor.reason = reason
         self._discard(cursor)
+        self._unpark(cursor)
         grace = ABORT_GRACE.get(reason)
         if grace is not None:
             DROPPED.labels(reason).inc()
@@ -381,11 +482,15 @@ class Ring:
             self._skip = 0
 
     def _schedule_wake(self) -> None:
+        # At most one wake-up per flush interval, but not a delay: an event after a quiet
+        # interval goes at once (a low rate pays no interval); one during the interval waits
+        # for its end, with everything else that arrives by then.
         if self._flush_handle is not None:
             return
         loop = asyncio.get_running_loop()
-        if self._flush_interval > 0:
-            self._flush_handle = loop.call_later(self._flush_interval, self._wake)
+        due = self._last_wake + self._flush_interval
+        if due > loop.time():
+            self._flush_handle = loop.call_at(due, self._wake)
         else:
             self._flush_handle = loop.call_soon(self._wake)
 
@@ -394,13 +499,90 @@ class Ring:
             self._flush_handle.cancel()
             self._flush_handle = None
         self._unflushed = 0
+        self._last_wake = asyncio.get_running_loop().time()
         fut, self._wakeup = self._wakeup, None
         if fut is not None and not fut.done():
             fut.set_result(None)
+        if not self._parked:
+            self._keepalive_due = False
+        elif self._fanout is None:
+            self._fanout = asyncio.get_running_loop().create_task(self._fan_out())
+        else:
+            self._fanout_again = True
+
+    async def _fan_out(self) -> None:
+        """Write what is new to every parked stream, FANOUT_SLICE streams at a time."""
+        try:
+            while True:
+                self._fanout_again = False
+                keepalive, self._keepalive_due = self._keepalive_due, False
+                delivered = {"sse": 0, "ws": 0}
+                oldest: EncodedEvent | None = None
+                for i, cursor in enumerate(list(self._parked)):
+                    if i and i % FANOUT_SLICE == 0:
+                        await asyncio.sleep(0)
+                    if cursor.parked is None:  # unparked or dropped meanwhile
+                        continue
+                    pusher = cursor.pusher
+                    assert pusher is not None
+                    if cursor.seq >= self.seq:
+                        if keepalive:
+                            pusher.push_keepalive()
+                        continue
+                    events = self.after(cursor.seq, MAX_PAGE)
+                    if events is None:  # fell out of the ring (a restart): its own loop pages
+                        self._unpark(cursor)
+                        continue
+                    last = events[-1].seq
+                    if cursor.filters is not None:
+                        events = [ev for ev in events if cursor.filters.match(ev)]
+                    if events:
+                        n = pusher.push(events)
+                        if n == 0:  # the socket is full: its coroutine blocks in its write
+                            self._unpark(cursor)
+                            continue
+                        if oldest is None:
+                            oldest = events[0]
+                        delivered[cursor.transport] = delivered.get(cursor.transport, 0) + n
+                        if n < len(events):
+                            last = events[n - 1].seq
+                    cursor.seq = last
+                    if last < self.seq:  # more than one write behind: its coroutine catches up
+                        self._unpark(cursor)
+                self._count(delivered, oldest)
+                if not self._fanout_again:
+                    return
+        except Exception:  # a bug here must not silence every parked stream for good
+            logger.exception("fan-out failed; its streams take over")
+            for cursor in list(self._parked):
+                self._unpark(cursor)
+        finally:
+            self._fanout = None
+
+    @staticmethod
+    def _count(delivered: dict[str, int], oldest: EncodedEvent | None) -> None:
+        # Once per fan-out, not per subscriber: a counter update costs a few µs in
+        # multiprocess mode.
+        for transport, n in delivered.items():
+            if n:
+                DELIVERIES.labels(transport).inc(n)
+                if oldest is not None and oldest.commit_time:
+                    DELIVERY_LAG.labels(transport).observe(
+                        max(0.0, time.time() - oldest.commit_time)
+                    )
+
+    def _unpark(self, cursor: Cursor) -> None:
+        fut = cursor.parked
+        if fut is not None:
+            cursor.parked = None
+            self._parked.pop(cursor, None)
+            if not fut.done():
+                fut.set_result(None)
 
     def _tick(self) -> None:
         # One timer for every stream: those with nothing new send a keep-alive.
         self.ticks += 1
+        self._keepalive_due = True
         self._wake()
         self._timers[0] = asyncio.get_running_loop().call_later(self._keepalive, self._tick)
 

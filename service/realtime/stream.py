@@ -4,7 +4,9 @@ Whether the cursor starts at a client's Last-Event-ID, at the head (a new client
 (a slow reader) or below the ring (a resume after a worker start), the loop is the same: take
 the events after the cursor from the ring, or from the store's log if the ring no longer holds
 them, send them, advance the cursor past them. Each event is sent once: the cursor only moves
-forward, to the last seq sent (or skipped by the filters).
+forward, to the last seq sent (or skipped by the filters). A stream with a pusher parks once
+it has caught up, and the ring's fan-out writes for it until it needs its coroutine again
+(service/realtime/ring.py).
 """
 
 from __future__ import annotations
@@ -57,6 +59,9 @@ async def deliver(ring: Ring, cursor: Cursor, out: Output) -> None:
             if events:
                 await _send(cursor, out, events, live)
             cursor.seq = last
+            continue
+        if cursor.pusher is not None:
+            await ring.park(cursor)
             continue
         await ring.wait()
         if ring.ticks != tick:

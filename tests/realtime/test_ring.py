@@ -14,7 +14,15 @@ import orjson
 import pytest
 
 from service.pb import duckcast_pb2 as pb
-from service.realtime.ring import Closed, Cursor, EncodedEvent, Filters, Ring
+from service.realtime.ring import (
+    FANOUT_SLICE,
+    Closed,
+    Cursor,
+    EncodedEvent,
+    Filters,
+    Ring,
+    ws_frame,
+)
 from service.realtime.stream import deliver
 from service.storeclient.inprocess import InProcessStoreClient
 from tests.realtime.conftest import TIMEOUT, until
@@ -97,6 +105,33 @@ class Stream:
         return closed.value.reason
 
 
+class PushStream(Stream):
+    """A stream whose socket the ring's fan-out may write to while it is parked (as a
+    uvicorn connection's is): `pushed` counts those writes, `full` is a socket above its
+    high-water mark (pushes refused), `limit` the events one write takes at most."""
+
+    def __init__(self, ring: Ring, cursor: Cursor, block: asyncio.Event | None = None) -> None:
+        self.pushed = 0
+        self.full = False
+        self.limit = 1_000_000
+        self.on_push: Any = None
+        cursor.pusher = self
+        super().__init__(ring, cursor, block)
+
+    def push(self, events: list[EncodedEvent]) -> int:
+        if self.full:
+            return 0
+        if self.on_push is not None:
+            self.on_push()
+        taken = events[: self.limit]
+        self.pushed += 1
+        self.got.extend(taken)
+        return len(taken)
+
+    def push_keepalive(self) -> None:
+        self.keepalives += 1
+
+
 def started(**options: Any) -> Ring:
     ring = Ring(**options)
     ring.start(0)
@@ -107,16 +142,18 @@ def seqs(events: list[EncodedEvent]) -> list[int]:
     return [e.seq for e in events]
 
 
-async def test_filters_deliver_only_matching_events() -> None:
+@pytest.mark.parametrize("kind", [Stream, PushStream])
+async def test_filters_deliver_only_matching_events(kind: type[Stream]) -> None:
     """A subscriber with filters gets exactly the events whose item matches them (owner_id,
     status, both) before OR after the change: a create by its new state, a delete by the
     deleted item's last state, an update by either (so it sees the item leave and re-enter);
-    an unfiltered subscriber gets everything."""
+    an unfiltered subscriber gets everything. The same whether its coroutine writes or the
+    ring's fan-out does (a parked stream)."""
     global _seq
     _seq = 0
     ring = started()
     everyone, owner2, completed, owner2_active = (
-        Stream(ring, ring.subscribe(None, f, "test", None))
+        kind(ring, ring.subscribe(None, f, "test", None))
         for f in (
             Filters(),
             Filters(owner_id=2),
@@ -139,10 +176,14 @@ async def test_filters_deliver_only_matching_events() -> None:
         b3back := event(pb.UPDATED, 3, owner_id=2, status="active", before="completed"),
         a1again := event(pb.UPDATED, 1, owner_id=1, status="completed", before="completed"),
     ]
+    if kind is PushStream:
+        await until(lambda: len(ring._parked) == 4, what="four parked streams")
     ring.publish(events)
     last = events[-1].seq
     for stream in (everyone, owner2, completed, owner2_active):
         await stream.settled(last)
+        if kind is PushStream:
+            assert isinstance(stream, PushStream) and stream.pushed == 1 and stream.writes == 0
 
     assert seqs(everyone.got) == [e.seq for e in events]
     assert seqs(owner2.got) == [
@@ -237,6 +278,26 @@ async def test_a_stream_wakes_once_per_flush_and_keepalives_come_from_one_timer(
     assert await stream.ended() == "shutdown"
 
 
+async def test_the_flush_interval_limits_wake_ups_without_delaying_a_lone_event() -> None:
+    """An event after a quiet interval reaches the stream at once, not a flush interval
+    later; events during the interval that follows wait for its end and go in one write."""
+    ring = Ring(flush_interval=0.5)
+    ring.start(0)
+    stream = Stream(ring, ring.subscribe(None, Filters(), "test", None))
+    await asyncio.sleep(0)
+    sent = time.monotonic()
+    ring.publish([pb.DomainEvent(type=pb.CREATED, seq=1)])
+    assert await stream.until(1) == [1]
+    assert time.monotonic() - sent < 0.25
+    ring.publish([pb.DomainEvent(type=pb.CREATED, seq=2)])
+    ring.publish([pb.DomainEvent(type=pb.CREATED, seq=3)])
+    await asyncio.sleep(0.25)
+    assert seqs(stream.got) == [1]  # still inside the interval
+    assert await stream.until(3) == [1, 2, 3]
+    assert time.monotonic() - sent >= 0.5
+    assert stream.writes == 2
+
+
 async def test_close_ends_streams_with_shutdown_and_refuses_new_ones() -> None:
     """Ring.close() (what SIGTERM triggers) wakes every stream, even one waiting with nothing
     to send, with Closed("shutdown"); every later subscription is born closed with the same
@@ -306,3 +367,103 @@ async def test_a_blocked_stream_behind_the_ring_is_dropped_by_the_sweep_without_
     gate.set()
     assert await behind.ended() == "overflow"
     assert await inside.until(6) == [1, 2, 3, 4, 5, 6]
+
+
+# -- the fan-out to parked streams ---------------------------------------------------------------
+
+
+async def parked(n: int, ring: Ring, **kw: Any) -> list[PushStream]:
+    streams = [
+        PushStream(ring, ring.subscribe(None, Filters(), "test", None), **kw) for _ in range(n)
+    ]
+    await until(lambda: len(ring._parked) == n, what=f"{n} parked streams")
+    return streams
+
+
+async def test_the_fan_out_yields_to_the_event_loop_between_slices() -> None:
+    """A wake-up writes to parked streams FANOUT_SLICE at a time and lets the event loop run
+    between slices: a callback made ready during the first slice (a request's I/O, say) runs
+    after FANOUT_SLICE writes, not after all of them. Each stream gets one write per wake-up
+    and its coroutine is not resumed."""
+    ring = started()
+    streams = await parked(3 * FANOUT_SLICE, ring)
+    seen: list[int] = []
+    loop = asyncio.get_running_loop()
+
+    def first_push() -> None:
+        streams[0].on_push = None
+        loop.call_soon(lambda: seen.append(sum(s.pushed for s in streams)))
+
+    streams[0].on_push = first_push
+    ring.publish([pb.DomainEvent(type=pb.CREATED, seq=1), pb.DomainEvent(type=pb.CREATED, seq=2)])
+    for s in streams:
+        await s.settled(2)
+    assert seen == [FANOUT_SLICE]
+    assert all(s.pushed == 1 and s.writes == 0 and seqs(s.got) == [1, 2] for s in streams)
+
+
+async def test_a_parked_stream_whose_socket_is_full_blocks_in_its_own_write_and_is_swept() -> None:
+    """The fan-out never writes to a socket above its high-water mark: the stream leaves the
+    fan-out and writes itself, blocking (so memory stays bounded by one write); once its
+    cursor has left the ring the sweep drops it ("overflow") with no further events, and a
+    full socket inside the ring that drains gets every event, in order."""
+    ring = started(max_events=5, stall_seconds=0.2)
+    gate = asyncio.Event()
+    stuck, slow = await parked(2, ring, block=gate)
+    stuck.full = slow.full = True
+    ring.publish([pb.DomainEvent(type=pb.CREATED, seq=1)])
+    await until(lambda: stuck.cursor.sending > 0 and slow.cursor.sending > 0, what="both blocked")
+    assert stuck.cursor.parked is None and slow.pushed == 0
+    slow.cursor.seq = 1  # as if its write of 1 had gone through: still inside the ring
+    ring.publish([pb.DomainEvent(type=pb.CREATED, seq=n) for n in range(2, 7)])  # 1 leaves
+    published = time.monotonic()
+    await until(lambda: stuck.cursor.reason is not None, what="the blocked stream dropped")
+    assert time.monotonic() - published < 0.2 + 0.1 + 0.1
+    assert stuck.cursor.reason == "overflow" and slow.cursor.reason is None
+    slow.full = False
+    gate.set()
+    assert await stuck.ended() == "overflow"
+    assert await slow.until(6) == [1, 2, 3, 4, 5, 6]
+
+
+async def test_a_parked_stream_more_than_a_write_behind_catches_up_in_its_own_loop() -> None:
+    """A push takes what fits in one write; the rest is the stream's own to write (its
+    coroutine, which waits for the socket): nothing skipped, in order, then parked again."""
+    ring = started()
+    (stream,) = await parked(1, ring)
+    stream.limit = 3
+    ring.publish([pb.DomainEvent(type=pb.CREATED, seq=n) for n in range(1, 11)])
+    assert await stream.until(10) == list(range(1, 11))
+    assert stream.pushed == 1 and stream.writes == 1
+    await until(lambda: stream.cursor.parked is not None, what="parked again")
+    ring.publish([pb.DomainEvent(type=pb.CREATED, seq=11)])
+    assert await stream.until(11) == list(range(1, 12))
+    assert stream.pushed == 2
+
+
+async def test_parked_streams_get_keepalives_and_end_on_close() -> None:
+    """An idle parked stream gets one keep-alive per tick from the fan-out (its coroutine
+    stays asleep), and Ring.close() wakes it with Closed("shutdown")."""
+    ring = Ring(keepalive=0.05)
+    ring.start(0)
+    (stream,) = await parked(1, ring)
+    await until(lambda: stream.keepalives >= 2, what="two keep-alives")
+    assert stream.writes == 0
+    ring.close()
+    assert await stream.ended() == "shutdown"
+
+
+@pytest.mark.parametrize("size", [0, 125, 126, 65535, 65536])
+def test_websocket_frames_carry_the_payload_at_every_length_encoding(size: int) -> None:
+    """ws_frame: FIN + opcode, no mask, 7-bit / 16-bit / 64-bit payload length (RFC 6455)."""
+    payload = b"x" * size
+    frame = ws_frame(0x2, payload)
+    assert frame[0] == 0x82
+    n = frame[1]
+    assert n & 0x80 == 0  # a server does not mask
+    if size < 126:
+        assert n == size and frame[2:] == payload
+    elif size < 65536:
+        assert n == 126 and int.from_bytes(frame[2:4], "big") == size and frame[4:] == payload
+    else:
+        assert n == 127 and int.from_bytes(frame[2:10], "big") == size and frame[10:] == payload

@@ -15,6 +15,7 @@ from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
+import orjson
 import pytest
 from fastapi import FastAPI
 from httpx_sse import ServerSentEvent
@@ -23,7 +24,7 @@ from websockets.exceptions import ConnectionClosed
 
 from service.config import Settings
 from service.pb import duckcast_pb2 as pb
-from service.realtime.ring import Cursor, Ring
+from service.realtime.ring import WRITE_BYTES, Cursor, Ring
 from tests.realtime.conftest import (
     TIMEOUT,
     Live,
@@ -263,6 +264,81 @@ async def test_stalled_reader_dropped_within_the_bound_with_no_new_events(
                 assert seqs == list(range(start + 1, start + 1 + len(seqs)))
 
 
+# -- direct writes --------------------------------------------------------------------------------
+
+
+async def read_chunks(sock: socket.socket, last: int) -> tuple[list[int], list[int]]:
+    """The HTTP chunk sizes of an SSE response (each is one transport write of the server)
+    and the `id:` seqs in them, until `last`."""
+    loop = asyncio.get_running_loop()
+    buf = b""
+    while b"\r\n\r\n" not in buf:
+        buf += await loop.sock_recv(sock, 65536)
+    head, buf = buf.split(b"\r\n\r\n", 1)
+    assert b"transfer-encoding: chunked" in head.lower(), head
+    sizes: list[int] = []
+    body = b""
+    async with asyncio.timeout(TIMEOUT * 3):
+        while not (ids := [int(m) for m in ID_LINE.findall(body)]) or ids[-1] < last:
+            while b"\r\n" not in buf:
+                buf += await loop.sock_recv(sock, 65536)
+            line, rest = buf.split(b"\r\n", 1)
+            size = int(line, 16)
+            while len(rest) < size + 2:
+                rest += await loop.sock_recv(sock, 1 << 20)
+            sizes.append(size)
+            body += rest[:size]
+            buf = rest[size + 2 :]
+    return sizes, ids
+
+
+async def test_a_burst_reaches_a_parked_sse_stream_in_writes_of_bounded_size(
+    tmp_path: Path,
+) -> None:
+    """A parked SSE stream's events go out in one HTTP chunk per write (one transport write),
+    and no write carries more than WRITE_BYTES plus one event, however many events a wake-up
+    brings (here ~1 MB at once): a socket's buffer grows by one bounded write before its
+    high-water mark stops the fan-out. Every event arrives once, in order."""
+    async with serve(settings(tmp_path)) as live:
+        alice = await live.user("alice")
+        start = await settled(live)
+        sock = socket.socket()
+        sock.setblocking(False)
+        await asyncio.get_running_loop().sock_connect(sock, ("127.0.0.1", live.port))
+        sock.send(
+            f"GET /api/events HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {alice.token}\r\n"
+            f"Last-Event-ID: {start}\r\n\r\n".encode()
+        )
+        cursor = await only_cursor(live)
+        await until(lambda: cursor.parked is not None, what="the stream parked")
+        await live.app.state.store.create_items(
+            alice.id, [pb.ItemCreate(title=f"b{i}", description="x" * 9000) for i in range(100)]
+        )
+        last = await settled(live)
+        sizes, ids = await read_chunks(sock, last)
+        sock.close()
+        assert ids == list(range(start + 1, last + 1))
+        assert max(sizes) <= WRITE_BYTES + 10_000, sizes
+        assert len(sizes) < 10, sizes  # batched: not one write per event
+
+
+async def test_a_parked_sse_stream_gets_keepalives_from_the_fan_out(live: Live) -> None:
+    """The ring's keep-alive tick reaches a parked SSE stream as a comment, written by the
+    fan-out (the stream's coroutine stays parked)."""
+    alice = await live.user("alice")
+    await settled(live)
+    sse = await RawSSE.open(live, alice.token, None)
+    cursor = await only_cursor(live)
+    await until(lambda: cursor.parked is not None, what="the stream parked")
+    parked = cursor.parked
+    live.ring._tick()
+    async with asyncio.timeout(TIMEOUT):
+        while b": keep-alive" not in sse.raw:
+            sse._feed(await sse.reader.read(65536))
+    assert cursor.parked is parked
+    sse.close()
+
+
 # -- replay cost ----------------------------------------------------------------------------------
 
 EMOJI_40K = "\U0001f986" * 10_000  # the largest description the store accepts: 40 kB of UTF-8
@@ -376,14 +452,56 @@ async def test_a_client_message_closes_1008_within_a_second(
         await until(lambda: len(live.ring) == 0, within=1.0, what="sse disconnect noticed")
 
 
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")
+@pytest.mark.filterwarnings("ignore:The `websockets` implementation is deprecated")
+@pytest.mark.parametrize(
+    ("http", "ws", "parks"),
+    [
+        ("httptools", "websockets-sansio", True),
+        ("httptools", "wsproto", True),
+        ("h11", "websockets", False),
+    ],
+)
+async def test_events_arrive_in_order_whether_streams_park_or_send(
+    tmp_path: Path, http: str, ws: str, parks: bool
+) -> None:
+    """SSE, WebSocket JSON and WebSocket protobuf subscribers get every event once, in order,
+    whether the ring's fan-out writes their frames to the transport (httptools; sansio and
+    wsproto WebSockets: the streams park) or each stream writes through ASGI `send` (h11,
+    legacy websockets: they never park); events committed one at a time and five at once."""
+    async with serve(settings(tmp_path), ws=ws, http=http) as live:
+        alice = await live.user("alice")
+        start = await settled(live)
+        async with (
+            open_sse(live, headers=alice.headers) as sse,
+            ws_connect(live, alice, params={"format": "json"}) as wsj,
+            ws_connect(live, alice) as wsp,
+        ):
+            await sse.expect("connected")
+            await until(lambda: len(live.ring) == 3, what="three subscribers")
+            if parks:
+                await until(lambda: len(live.ring._parked) == 3, what="three parked")
+            for _ in range(3):  # one at a time, then five in one commit
+                await commit(live, alice.id, 1)
+                await settled(live)
+            last = await commit(live, alice.id, 5)
+            expected = list(range(start + 1, last + 1))
+            assert [e.seq for e in await sse.changes_until(last)] == expected
+            got_json = [orjson.loads(await recv(wsj))["seq"] for _ in expected]
+            got_proto = [(await recv_event(wsp)).seq for _ in expected]
+            assert got_json == expected and got_proto == expected
+            assert len(live.ring._parked) == (3 if parks else 0)
+
+
 def sample(name: str, **labels: str) -> float:
     return REGISTRY.get_sample_value(name, labels) or 0.0
 
 
 async def test_stream_metrics_are_observed(live: Live) -> None:
     """Opening, delivering to and closing a stream move duckcast_stream_opens_total,
-    duckcast_deliveries_total, duckcast_event_delivery_lag_seconds (sampled: one write in 16,
-    so 16 separate live writes observe at least once) and duckcast_stream_closes_total."""
+    duckcast_deliveries_total, duckcast_event_delivery_lag_seconds (sampled: once per fan-out
+    for a parked stream, one write in 16 for a stream's own writes, so 16 separate live writes
+    observe at least once) and duckcast_stream_closes_total."""
     alice = await live.user("alice")
     await settled(live)
     before = {
@@ -403,3 +521,15 @@ async def test_stream_metrics_are_observed(live: Live) -> None:
     assert sample("duckcast_event_delivery_lag_seconds_count", transport="sse") > before["lag"]
     closes = sample("duckcast_stream_closes_total", transport="sse", reason="client")
     assert closes == before["closes"] + 1
+
+
+async def test_a_websocket_stream_holds_no_handshake_headers(live: Live) -> None:
+    """Under websockets-sansio (uvicorn's default) an open /ws/items stream does not keep the
+    handshake's request and response objects (their headers, ~2 KB per subscriber)."""
+    alice = await live.user("alice")
+    await settled(live)
+    async with ws_connect(live, alice):
+        cursor = await only_cursor(live)
+        proto = cursor.conn._proto  # type: ignore[union-attr]
+        assert type(proto).__name__ == "WebSocketsSansIOProtocol"
+        assert proto.request is None and proto.response is None

@@ -20,14 +20,14 @@ from starlette.responses import Response
 from starlette.routing import WebSocketRoute
 from starlette.types import Receive, Scope, Send
 
-from service.api.connection import connection, release
+from service.api.connection import Direct, connection, direct, release
 from service.api.deps import stream_session
 from service.api.errors import error_response
 from service.api.routing import LeanRoute, StreamEndpoint, lean
 from service.errors import DuckcastError, Invalid, StoreUnavailable
 from service.metrics import DELIVERIES, DELIVERY_LAG
 from service.realtime.filters import Filters
-from service.realtime.ring import Closed, Cursor, EncodedEvent, Ring
+from service.realtime.ring import WRITE_BYTES, Closed, Cursor, EncodedEvent, Ring
 from service.realtime.stream import deliver
 from service.storeclient import StoreClient
 from service.wire import INT64_MAX, STATUSES, Status, bounded_int
@@ -43,7 +43,6 @@ SERVICE_RESTART = 1012  # this worker is shutting down; reconnect (to another wo
 STORE_GONE = 1011
 NOT_READY = 1013  # this worker has not yet learned the store's seq; retry
 MAX_SEQ = 2**62
-SSE_CHUNK = 256 * 1024  # bytes per socket write, at most (one event may exceed it)
 LAG_SAMPLE = 16
 
 SSE_DELIVERIES = DELIVERIES.labels("sse")
@@ -116,65 +115,138 @@ def _ws_params(conn: HTTPConnection) -> tuple[Filters, int | None, bool]:
     return _filters(query), _int("since", query.get("since"), 0, MAX_SEQ), wire == "json"
 
 
-class _SseOut:
-    """How an SSE stream writes (one small object, not closures: it lives as long as the
-    stream)."""
+def _batches(parts: list[bytes]) -> list[tuple[int, bytes]]:
+    """`parts` joined into writes of at most WRITE_BYTES (one part may exceed it): (parts
+    taken so far, bytes) per write."""
+    out, i, n = [], 0, len(parts)
+    while i < n:
+        j, size = i, 0
+        while j < n and (size < WRITE_BYTES or j == i):
+            size += len(parts[j])
+            j += 1
+        out.append((j, b"".join(parts[i:j]) if j - i > 1 else parts[i]))
+        i = j
+    return out
 
-    __slots__ = ("cursor", "send")
 
-    def __init__(self, send: Send, cursor: Cursor) -> None:
+class _Out:
+    """How a stream writes (one small object, not closures: it lives as long as the stream).
+
+    With a `Direct` connection (service/api/connection.py), a batch of events is one transport
+    write, made by the ring's fan-out while the stream is parked (`push`, never blocking) or by
+    the stream's coroutine (`write`, waiting for the socket to drain first); otherwise each
+    write is an ASGI `send`."""
+
+    __slots__ = ("cursor", "direct", "send")
+
+    deliveries = SSE_DELIVERIES
+    lag = staticmethod(SSE_LAG)
+
+    def __init__(self, send: Send, cursor: Cursor, direct: Direct | None) -> None:
         self.send = send
         self.cursor = cursor
+        self.direct = direct
+
+    def encode(self, ev: EncodedEvent) -> bytes:
+        raise NotImplementedError
+
+    async def send_parts(self, parts: list[bytes]) -> None:
+        """The ASGI path for the events' encodings."""
+        raise NotImplementedError
+
+    def push(self, events: list[EncodedEvent]) -> int:
+        direct = self.direct
+        if direct is None or direct.paused() or not direct.open():
+            return 0
+        encode = self.encode
+        data, size, n = [], 0, 0
+        for ev in events:
+            part = encode(ev)
+            data.append(part)
+            size += len(part)
+            n += 1
+            if size >= WRITE_BYTES:
+                break
+        direct.write(b"".join(data) if n > 1 else data[0])
+        return n
+
+    def push_keepalive(self) -> None:
+        pass
+
+    async def write(self, events: list[EncodedEvent], live: bool) -> None:
+        cursor, direct, encode = self.cursor, self.direct, self.encode
+        parts = [encode(ev) for ev in events]
+        done = 0
+        for taken, data in _batches(parts):
+            cursor.sending = time.monotonic()
+            if direct is not None:
+                await direct.drain()
+            if direct is not None and direct.open():
+                direct.write(data)
+            else:
+                await self.send_parts(parts[done:taken])
+            self.deliveries.inc(taken - done)
+            if live:
+                self.lag(events[done])
+            cursor.seq = events[taken - 1].seq
+            done = taken
+
+    async def keepalive(self) -> None:
+        pass
+
+
+class _SseOut(_Out):
+    __slots__ = ()
+
+    def encode(self, ev: EncodedEvent) -> bytes:
+        return ev.sse
 
     async def body(self, chunk: bytes, more: bool = True) -> None:
         await self.send({"type": "http.response.body", "body": chunk, "more_body": more})
 
-    async def write(self, events: list[EncodedEvent], live: bool) -> None:
-        # One socket write per wake-up, in chunks of at most SSE_CHUNK bytes.
-        cursor = self.cursor
-        i, n = 0, len(events)
-        while i < n:
-            j, size, parts = i, 0, []
-            while j < n and (size < SSE_CHUNK or j == i):
-                part = events[j].sse
-                parts.append(part)
-                size += len(part)
-                j += 1
-            cursor.sending = time.monotonic()
-            await self.body(b"".join(parts))
-            SSE_DELIVERIES.inc(j - i)
-            if live:
-                SSE_LAG(events[i])
-            cursor.seq = events[j - 1].seq
-            i = j
+    async def send_parts(self, parts: list[bytes]) -> None:
+        await self.body(b"".join(parts))
+
+    def push_keepalive(self) -> None:
+        direct = self.direct
+        if direct is not None and not direct.paused() and direct.open():
+            direct.write(KEEPALIVE_COMMENT)
 
     async def keepalive(self) -> None:
         await self.body(KEEPALIVE_COMMENT)
 
 
-class _WsOut:
-    __slots__ = ("as_json", "cursor", "send")
+class _WsJsonOut(_Out):
+    __slots__ = ()
+    deliveries = WS_DELIVERIES
+    lag = staticmethod(WS_LAG)
 
-    def __init__(self, send: Send, cursor: Cursor, as_json: bool) -> None:
-        self.send = send
-        self.cursor = cursor
-        self.as_json = as_json
+    def encode(self, ev: EncodedEvent) -> bytes:
+        return ev.ws_text
 
-    async def write(self, events: list[EncodedEvent], live: bool) -> None:
-        cursor, send = self.cursor, self.send
-        for ev in events:
-            cursor.sending = time.monotonic()
-            if self.as_json:
-                await send({"type": "websocket.send", "text": ev.json})
-            else:
-                await send({"type": "websocket.send", "bytes": ev.proto})
-            cursor.seq = ev.seq
-        WS_DELIVERIES.inc(len(events))
-        if live:
-            WS_LAG(events[0])
+    async def send_parts(self, parts: list[bytes]) -> None:
+        # the ASGI path sends messages, not frames: one per event (rare: see _Out)
+        for part in parts:
+            await self.send({"type": "websocket.send", "text": _payload(part).decode()})
 
-    async def keepalive(self) -> None:
-        pass  # WebSocket servers ping on their own
+
+class _WsProtoOut(_Out):
+    __slots__ = ()
+    deliveries = WS_DELIVERIES
+    lag = staticmethod(WS_LAG)
+
+    def encode(self, ev: EncodedEvent) -> bytes:
+        return ev.ws_binary
+
+    async def send_parts(self, parts: list[bytes]) -> None:
+        for part in parts:
+            await self.send({"type": "websocket.send", "bytes": _payload(part)})
+
+
+def _payload(frame: bytes) -> bytes:
+    """A frame's payload (ring.ws_frame's header: 2, 4 or 10 bytes)."""
+    n = frame[1] & 0x7F
+    return frame[2 + (n == 126) * 2 + (n == 127) * 8 :]
 
 
 # The handlers below parse the request in helpers, so that the objects parsing creates
@@ -194,7 +266,8 @@ async def sse_stream(scope: Scope, receive: Receive, send: Send) -> None:
     cursor = ring.subscribe(since, filters, "sse", conn)
     ending = "client"
 
-    out = _SseOut(send, cursor)
+    out = _SseOut(send, cursor, direct(conn))
+    cursor.pusher = out if out.direct is not None else None
     body = out.body
 
     try:
@@ -243,7 +316,8 @@ async def ws_stream(scope: Scope, receive: Receive, send: Send) -> None:
     cursor = ring.subscribe(since, filters, "ws", conn)
     code, reason, ending = 1000, "", "client"
 
-    out = _WsOut(send, cursor, as_json)
+    out = (_WsJsonOut if as_json else _WsProtoOut)(send, cursor, direct(conn))
+    cursor.pusher = out if out.direct is not None else None
 
     try:
         await deliver(ring, cursor, out)
