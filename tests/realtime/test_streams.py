@@ -15,10 +15,11 @@ from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
+import httpx
 import orjson
 import pytest
 from fastapi import FastAPI
-from httpx_sse import ServerSentEvent
+from httpx_sse import EventSource, ServerSentEvent
 from prometheus_client import REGISTRY
 from websockets.exceptions import ConnectionClosed
 
@@ -38,7 +39,7 @@ from tests.realtime.conftest import (
     writing,
     ws_connect,
 )
-from tests.sse import CHANGES, SocketSSE, seq
+from tests.sse import CHANGES, SocketSSE, iter_events, seq
 
 
 def settings(tmp_path: Path, **overrides: Any) -> Settings:
@@ -267,6 +268,27 @@ async def test_stalled_reader_dropped_within_the_bound_with_no_new_events(
 # -- direct writes --------------------------------------------------------------------------------
 
 
+async def open_raw_sse(live: Live, token: str, since: int | None = None) -> socket.socket:
+    """`GET /api/events` on a plain socket, for tests of the bytes themselves (HTTP chunk
+    sizes, comments), which an SSE parser hides."""
+    sock = socket.socket()
+    sock.setblocking(False)
+    await asyncio.get_running_loop().sock_connect(sock, ("127.0.0.1", live.port))
+    resume = f"Last-Event-ID: {since}\r\n" if since is not None else ""
+    sock.send(
+        f"GET /api/events HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\n"
+        f"{resume}\r\n".encode()
+    )
+    return sock
+
+
+def change_ids(body: bytes) -> list[int]:
+    """The seqs of the change events in an SSE body read so far (httpx-sse parses it; an
+    event cut off at the end is not dispatched)."""
+    response = httpx.Response(200, headers={"content-type": "text/event-stream"}, content=body)
+    return [seq(e) for e in iter_events(EventSource(response)) if e.event in CHANGES]
+
+
 async def read_chunks(sock: socket.socket, last: int) -> tuple[list[int], list[int]]:
     """The HTTP chunk sizes of an SSE response (each is one transport write of the server)
     and the `id:` seqs in them, until `last`."""
@@ -279,7 +301,7 @@ async def read_chunks(sock: socket.socket, last: int) -> tuple[list[int], list[i
     sizes: list[int] = []
     body = b""
     async with asyncio.timeout(TIMEOUT * 3):
-        while not (ids := [int(m) for m in ID_LINE.findall(body)]) or ids[-1] < last:
+        while not (ids := change_ids(body)) or ids[-1] < last:
             while b"\r\n" not in buf:
                 buf += await loop.sock_recv(sock, 65536)
             line, rest = buf.split(b"\r\n", 1)
@@ -302,13 +324,7 @@ async def test_a_burst_reaches_a_parked_sse_stream_in_writes_of_bounded_size(
     async with serve(settings(tmp_path)) as live:
         alice = await live.user("alice")
         start = await settled(live)
-        sock = socket.socket()
-        sock.setblocking(False)
-        await asyncio.get_running_loop().sock_connect(sock, ("127.0.0.1", live.port))
-        sock.send(
-            f"GET /api/events HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {alice.token}\r\n"
-            f"Last-Event-ID: {start}\r\n\r\n".encode()
-        )
+        sock = await open_raw_sse(live, alice.token, start)
         cursor = await only_cursor(live)
         await until(lambda: cursor.parked is not None, what="the stream parked")
         await live.app.state.store.create_items(
@@ -327,16 +343,18 @@ async def test_a_parked_sse_stream_gets_keepalives_from_the_fan_out(live: Live) 
     fan-out (the stream's coroutine stays parked)."""
     alice = await live.user("alice")
     await settled(live)
-    sse = await RawSSE.open(live, alice.token, None)
+    sock = await open_raw_sse(live, alice.token)
     cursor = await only_cursor(live)
     await until(lambda: cursor.parked is not None, what="the stream parked")
     parked = cursor.parked
     live.ring._tick()
+    loop = asyncio.get_running_loop()
+    raw = b""
     async with asyncio.timeout(TIMEOUT):
-        while b": keep-alive" not in sse.raw:
-            sse._feed(await sse.reader.read(65536))
+        while b": keep-alive" not in raw:
+            raw += await loop.sock_recv(sock, 65536)
     assert cursor.parked is parked
-    sse.close()
+    sock.close()
 
 
 # -- replay cost ----------------------------------------------------------------------------------
@@ -486,7 +504,8 @@ async def test_events_arrive_in_order_whether_streams_park_or_send(
                 await settled(live)
             last = await commit(live, alice.id, 5)
             expected = list(range(start + 1, last + 1))
-            assert [e.seq for e in await sse.changes_until(last)] == expected
+            got_sse = [seq(e) for e in await sse.changes_until(last) if e.event in CHANGES]
+            assert got_sse == expected
             got_json = [orjson.loads(await recv(wsj))["seq"] for _ in expected]
             got_proto = [(await recv_event(wsp)).seq for _ in expected]
             assert got_json == expected and got_proto == expected
