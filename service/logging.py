@@ -5,7 +5,7 @@ through `logconfig_dict`, uvicorn through `log_config`, the others through `conf
 - JSON lines (one object per record, `time level logger message pid` plus the record's extra
   fields) or plain text for a terminal: `DUCKCAST_LOG_FORMAT` (auto = text on a TTY).
 - Every record logged while a request is handled carries its `request_id` (and `user_id` once
-  the caller is known), from `REQUEST`, set by the request observer (service/api/observe.py).
+  the caller is known), from `REQUEST`, set by the request observer (service/api/edge.py).
 - A warning or error repeated with the same template is let through once per
   `REPEAT_INTERVAL`, with the count of those held back: a dead peer retried every few
   seconds must not bury everything else.

@@ -23,7 +23,7 @@ UVICORN_OPTIONS: dict[str, Any] = {
     "ws_per_message_deflate": False,
     # Clients send nothing on /ws/items: no reason to accept 16 MiB messages.
     "ws_max_size": 64 * 1024,
-    # The app writes its own access log (service/api/observe.py): uvicorn's has the raw path,
+    # The app writes its own access log (service/api/edge.py): uvicorn's has the raw path,
     # query string included, which may carry a token.
     "access_log": False,
 }

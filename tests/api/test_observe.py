@@ -1,5 +1,5 @@
 """Every HTTP request is observed once: a request id, metrics by route template, one access
-log line that never holds a query string or a credential (service/api/observe.py)."""
+log line that never holds a query string or a credential (service/api/edge.py)."""
 
 from __future__ import annotations
 
