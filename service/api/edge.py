@@ -43,7 +43,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from service.api.errors import refuse
 from service.api.negotiation import render_error
 from service.errors import PayloadTooLarge
-from service.logging import ACCESS_LOGGER, REQUEST, RequestContext
+from service.logging import REQUEST, AccessLog, RequestContext
 from service.metrics import HTTP_LATENCY, HTTP_REQUESTS, route_group
 from service.redaction import redact
 from service.wire import ascii_int
@@ -58,7 +58,6 @@ METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"}
 FRAMED = frozenset({"1.0", "1.1"})
 
 logger = logging.getLogger(__name__)
-access = logging.getLogger(ACCESS_LOGGER)
 
 _NOSNIFF = (b"x-content-type-options", b"nosniff")
 _NO_STORE = (b"cache-control", b"no-store")
@@ -100,7 +99,7 @@ class Edge:
         self.app = app
         self.max_body = max_body
         self.body_limits = body_limits or {}
-        self.access_log = access_log
+        self.access_log = AccessLog() if access_log else None
         # label lookups cost more than the increments: one child per key, made once
         self._counters: dict[tuple[str, str, int], Counter] = {}
         self._timers: dict[tuple[str, str], Histogram] = {}
@@ -178,7 +177,7 @@ class Edge:
             timer = HTTP_LATENCY.labels(method, route, route_group(route))
             self._timers[(method, route)] = timer
         timer.observe(elapsed)
-        if self.access_log and access.isEnabledFor(logging.INFO):
+        if self.access_log is not None and self.access_log.enabled():
             fields: dict[str, Any] = {
                 "method": method,
                 "route": route,
@@ -187,7 +186,8 @@ class Edge:
                 "request_id": context.request_id,
                 "user_id": context.user_id,
             }
-            access.info("%s %s %d %.1fms", method, route, status, elapsed * 1000, extra=fields)
+            args = (method, route, status, elapsed * 1000)
+            self.access_log.log("%s %s %d %.1fms", args, fields)
 
 
 class _Answer:
