@@ -128,7 +128,14 @@ class Edge:
         path = route_path(scope)
         answer = _Answer(scope, send, context.request_id, path.startswith("/api/"))
         try:
-            await self._serve(scope, receive, answer, path, declared, chunked)
+            limit = self.body_limits.get(path, self.max_body)
+            refusal = _refusal(scope["query_string"], declared, limit)
+            if refusal is not None:
+                await render_error(Request(scope), *refusal)(scope, receive, answer)
+            else:
+                if (declared is None and chunked) or scope.get("http_version") not in FRAMED:
+                    receive = _LimitedBody(receive, limit)
+                await self.app(scope, receive, answer)
         except Exception:
             logger.exception("unhandled error on %s %s", scope["method"], scope["path"])
             if not answer.started:
@@ -138,31 +145,6 @@ class Edge:
             REQUEST.reset(token)
             if STREAM_KEY not in scope:
                 self._observe(scope, answer.status, time.perf_counter() - started, context)
-
-    async def _serve(
-        self,
-        scope: Scope,
-        receive: Receive,
-        answer: _Answer,
-        path: str,
-        declared: str | None,
-        chunked: bool,
-    ) -> None:
-        if not _utf8(scope["query_string"]):
-            await refuse(scope, receive, answer, "query string: not valid UTF-8")
-            return
-        limit = self.body_limits.get(path, self.max_body)
-        if declared is not None:
-            size = ascii_int(declared)  # isdigit() would take "²", and int() then raise
-            if size is None or size > limit:
-                status, message = (400, "invalid Content-Length")
-                if size is not None:
-                    status, message = (413, f"body larger than {limit} bytes")
-                await render_error(Request(scope), status, message)(scope, receive, answer)
-                return
-        if (declared is None and chunked) or scope.get("http_version") not in FRAMED:
-            receive = _LimitedBody(receive, limit)
-        await self.app(scope, receive, answer)
 
     def _observe(self, scope: Scope, status: int, elapsed: float, context: RequestContext) -> None:
         method: str = scope["method"] if scope["method"] in METHODS else "OTHER"
@@ -241,6 +223,19 @@ class _LimitedBody:
             if self.received > self.limit:
                 raise PayloadTooLarge(f"body larger than {self.limit} bytes")
         return message
+
+
+def _refusal(query: bytes, declared: str | None, limit: int) -> tuple[int, str] | None:
+    """The status and message for a request refused before the app sees it, if it is."""
+    if not _utf8(query):
+        return 400, "query string: not valid UTF-8"
+    if declared is not None:
+        size = ascii_int(declared)  # isdigit() would take "²", and int() then raise
+        if size is None:
+            return 400, "invalid Content-Length"
+        if size > limit:
+            return 413, f"body larger than {limit} bytes"
+    return None
 
 
 def _utf8(raw: bytes) -> bool:
