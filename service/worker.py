@@ -13,7 +13,7 @@ import asyncio
 from typing import Any, ClassVar
 
 import httptools
-from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResponseCycle
 from uvicorn_worker import UvicornWorker
 
 from service.config import Settings
@@ -114,7 +114,8 @@ class BoundedHttpProtocol(HttpToolsProtocol):
         previous = self.cycle
         super().on_headers_complete()
         if self.cycle is not previous:  # a request (not a WebSocket upgrade) began
-            self.cycle.transport = _HeldHead(self.transport, self.loop)  # type: ignore[assignment]
+            cycle = self.cycle
+            cycle.transport = _HeldHead(cycle, self.transport, self.loop)  # type: ignore[assignment]
 
     def _stop_head_timer(self) -> None:
         if self._head_timer is not None:
@@ -141,38 +142,51 @@ class BoundedHttpProtocol(HttpToolsProtocol):
 
 
 class _HeldHead:
-    """The transport as one response's cycle sees it. uvicorn writes a response's status line
-    and headers as soon as the app starts the response, and its body in a second write: two
-    sends, two TCP segments, and on a cached GET they were the largest cost in the worker's
-    profile. Here the first write (the head) is held until the next (the body) and sent with
-    it, or at the end of this turn of the event loop if no body comes by then (a stream's
-    next event, a `100 Continue` the client waits for)."""
+    """The transport as one response's cycle sees it until the response's head is out.
 
-    __slots__ = ("_flush", "_held", "_loop", "_transport")
+    uvicorn writes a response's status line and headers as soon as the app starts the
+    response, and its body in a second write: two sends, two TCP segments, and on a cached
+    GET they were the largest cost in the worker's profile. Here the first write (the head) is
+    held until the next (the body) and sent with it, or at the end of this turn of the event
+    loop if no body comes by then (a stream's next event, a `100 Continue` the client waits
+    for). Then the cycle gets its transport back: a stream's later writes go straight to it.
+    """
 
-    def __init__(self, transport: asyncio.Transport, loop: asyncio.AbstractEventLoop) -> None:
+    __slots__ = ("_cycle", "_flush", "_held", "_loop", "_transport")
+
+    def __init__(
+        self,
+        cycle: RequestResponseCycle,
+        transport: asyncio.Transport,
+        loop: asyncio.AbstractEventLoop,
+    ) -> None:
+        self._cycle: RequestResponseCycle | None = cycle
         self._transport = transport
         self._loop = loop
         self._held: bytes | None = None
         self._flush: asyncio.Handle | None = None
 
     def write(self, data: bytes) -> None:
-        if self._flush is None:  # the first write
-            self._held = data
-            self._flush = self._loop.call_soon(self._write_held)
-            return
-        if self._held is not None:
+        if self._cycle is not None:
+            if self._held is None:  # the head
+                self._held = data
+                self._flush = self._loop.call_soon(self._release)
+                return
+            if self._flush is not None:
+                self._flush.cancel()
             data, self._held = self._held + data, None
-            self._flush.cancel()
+            self._release()
         self._transport.write(data)
 
-    def _write_held(self) -> None:
+    def _release(self) -> None:
+        if self._cycle is not None:
+            self._cycle.transport, self._cycle = self._transport, None
         held, self._held = self._held, None
         if held is not None and not self._transport.is_closing():
             self._transport.write(held)
 
     def close(self) -> None:
-        self._write_held()  # a close sends what is written first
+        self._release()  # a close sends what was written first
         self._transport.close()
 
     def __getattr__(self, name: str) -> Any:

@@ -45,13 +45,15 @@ async def _exchange(port: int, request: bytes, until: bytes, times: int = 1) -> 
 
 async def test_a_response_head_leaves_with_its_body(tmp_path: Path) -> None:
     """GET: one write per response (head and body), for each request of a keep-alive
-    connection; HEAD, which has no body to wait for: the head alone, by the end of the same
-    turn of the event loop."""
+    connection, and then the transport itself again for the response's cycle; HEAD, which
+    has no body to wait for: the head alone, by the end of the same turn of the event loop."""
     settings = Settings(data_dir=tmp_path / "d")
     writes: list[bytes] = []
+    connections: list[Any] = []
 
     class Recorded(http_protocol(settings)):  # type: ignore[misc]
         def connection_made(self, transport: asyncio.Transport) -> None:
+            connections.append(self)
             super().connection_made(Recording(transport, writes))  # type: ignore[arg-type]
 
     async with serve(settings, http=Recorded) as live:
@@ -61,6 +63,8 @@ async def test_a_response_head_leaves_with_its_body(tmp_path: Path) -> None:
         assert len(writes) == 2, writes
         for write in writes:
             assert write.startswith(b"HTTP/1.1 200") and write.endswith(b'{"status":"ok"}')
+        # once the head is out, the cycle writes to the transport itself (a stream's events)
+        assert isinstance(connections[0].cycle.transport, Recording)
         writes.clear()
         head = b"HEAD /healthz HTTP/1.1\r\nhost: t\r\n\r\n"
         got = await _exchange(live.port, head, b"\r\n\r\n")
