@@ -5,7 +5,7 @@ through `logconfig_dict`, uvicorn through `log_config`, the others through `conf
 - JSON lines (one object per record, `time level logger message pid` plus the record's extra
   fields) or plain text for a terminal: `DUCKCAST_LOG_FORMAT` (auto = text on a TTY).
 - Every record logged while a request is handled carries its `request_id` (and `user_id` once
-  the caller is known), from `REQUEST`, set by the request observer (service/api/observe.py).
+  the caller is known), from `REQUEST`, set by the request observer (service/api/edge.py).
 - A warning or error repeated with the same template is let through once per
   `REPEAT_INTERVAL`, with the count of those held back: a dead peer retried every few
   seconds must not bury everything else.
@@ -19,6 +19,8 @@ from __future__ import annotations
 import contextvars
 import logging
 import logging.config
+import math
+import os
 import sys
 import threading
 import time
@@ -63,6 +65,47 @@ class RequestContextFilter(logging.Filter):
             if context.user_id is not None and not hasattr(record, "user_id"):
                 record.user_id = context.user_id
         return True
+
+
+class AccessLog:
+    """The access log: one INFO record per request on `duckcast.access`, made for a fraction
+    of what `Logger.info` costs (~40 % of a cached GET's CPU went to its one line).
+
+    `Logger.info` looks up its caller's frame, and `LogRecord()` the thread, process and file
+    names, the same on every request of a worker; here those come from a template made once
+    per process. The record factory is skipped with them, so the redaction it runs
+    (service.redaction) does not see these records: there is nothing for it to find, every
+    field is ours (a method from a fixed set, a route *template*, numbers, and a request id
+    that passed `redact()` on the way in or was made here). Handlers and filters see the
+    record as they would any other.
+    """
+
+    def __init__(self, name: str = ACCESS_LOGGER) -> None:
+        self.logger = logging.getLogger(name)
+        self._pid = 0
+        self._template: dict[str, Any] = {}
+
+    def enabled(self) -> bool:
+        return self.logger.isEnabledFor(logging.INFO)
+
+    def log(self, msg: str, args: tuple[object, ...], fields: dict[str, Any]) -> None:
+        if self._pid != os.getpid():  # made after a fork (gunicorn), not before
+            base = logging.LogRecord(self.logger.name, logging.INFO, __file__, 0, "", (), None)
+            self._template = vars(base)
+            self._pid = os.getpid()
+        record = logging.LogRecord.__new__(logging.LogRecord)
+        now = time.time()
+        template = self._template
+        attributes = record.__dict__
+        attributes.update(template)
+        attributes.update(fields)
+        attributes["msg"], attributes["args"] = msg, args
+        attributes["created"] = now
+        attributes["msecs"] = int((now - int(now)) * 1000) + 0.0  # as LogRecord() has it
+        attributes["relativeCreated"] = template["relativeCreated"] + (
+            (now - template["created"]) * 1000
+        )
+        self.logger.handle(record)
 
 
 @dataclass(slots=True)
@@ -123,9 +166,12 @@ class JsonFormatter(logging.Formatter):
     """One JSON object per line (orjson: a few µs, it runs once per request for the access
     log)."""
 
+    _second = -1
+    _second_text = ""
+
     def format(self, record: logging.LogRecord) -> str:
         out: dict[str, Any] = {
-            "time": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
+            "time": self._time(record.created),
             "level": record.levelname,
             "logger": record.name,
             "message": record.getMessage(),
@@ -137,6 +183,18 @@ class JsonFormatter(logging.Formatter):
         if record.stack_info:
             out["stack_info"] = self.formatStack(record.stack_info)
         return orjson.dumps(out, default=str).decode()
+
+    def _time(self, created: float) -> str:
+        """ISO 8601 in UTC to the millisecond, as datetime writes it (rounded to the
+        microsecond, then cut), its date and time of day made once a second."""
+        fraction, whole = math.modf(created)
+        second, micros = int(whole), round(fraction * 1e6)
+        if micros >= 1_000_000:
+            second, micros = second + 1, micros - 1_000_000
+        if second != self._second:
+            text = datetime.fromtimestamp(second, UTC).isoformat(timespec="seconds")
+            self._second_text, self._second = text[:-6], second  # without "+00:00"
+        return f"{self._second_text}.{micros // 1000:03d}+00:00"
 
 
 class TextFormatter(logging.Formatter):

@@ -48,7 +48,7 @@ CLOSE_REASONS = ("client", "overflow", "shutdown", "expired", "error", "policy")
 # write was not applied); 504 the store stopped while committing it (in doubt).
 SERVER_ERRORS = ("500", "503", "504")
 
-# -- HTTP (service/api/observe.py) ----------------------------------------------------------
+# -- HTTP (service/api/edge.py) ----------------------------------------------------------
 
 HTTP_REQUESTS = Counter(
     "duckcast_http_requests_total", "HTTP requests answered", ["method", "route", "status"]

@@ -3,7 +3,8 @@
 
 `BoundedHttpProtocol` puts limits on the request head, which uvicorn's httptools protocol does
 not have: it keeps appending header bytes until the client stops (60 connections each sending
-an unfinished 16 MB header held 611 MB; 300 slowloris connections stayed open indefinitely).
+an unfinished 16 MB header held 611 MB; 300 slowloris connections stayed open indefinitely),
+and sends a response's head and the first bytes of its body in one write (`_HeldHead`).
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import asyncio
 from typing import Any, ClassVar
 
 import httptools
-from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResponseCycle
 from uvicorn_worker import UvicornWorker
 
 from service.config import Settings
@@ -23,7 +24,7 @@ UVICORN_OPTIONS: dict[str, Any] = {
     "ws_per_message_deflate": False,
     # Clients send nothing on /ws/items: no reason to accept 16 MiB messages.
     "ws_max_size": 64 * 1024,
-    # The app writes its own access log (service/api/observe.py): uvicorn's has the raw path,
+    # The app writes its own access log (service/api/edge.py): uvicorn's has the raw path,
     # query string included, which may carry a token.
     "access_log": False,
 }
@@ -110,7 +111,11 @@ class BoundedHttpProtocol(HttpToolsProtocol):
             size = len(self.url) + sum(len(n) + len(v) + 4 for n, v in self.headers)
             if size > self.max_head_bytes:
                 raise _HeadTooLarge
+        previous = self.cycle
         super().on_headers_complete()
+        if self.cycle is not previous:  # a request (not a WebSocket upgrade) began
+            cycle = self.cycle
+            cycle.transport = _HeldHead(cycle, self.transport, self.loop)  # type: ignore[assignment]
 
     def _stop_head_timer(self) -> None:
         if self._head_timer is not None:
@@ -134,6 +139,58 @@ class BoundedHttpProtocol(HttpToolsProtocol):
             b"content-length: %d\r\nconnection: close\r\n\r\n%s" % (len(body), body)
         )
         self.transport.close()
+
+
+class _HeldHead:
+    """The transport as one response's cycle sees it until the response's head is out.
+
+    uvicorn writes a response's status line and headers as soon as the app starts the
+    response, and its body in a second write: two sends, two TCP segments, and on a cached
+    GET they were the largest cost in the worker's profile. Here the first write (the head) is
+    held until the next (the body) and sent with it, or at the end of this turn of the event
+    loop if no body comes by then (a stream's next event, a `100 Continue` the client waits
+    for). Then the cycle gets its transport back: a stream's later writes go straight to it.
+    """
+
+    __slots__ = ("_cycle", "_flush", "_held", "_loop", "_transport")
+
+    def __init__(
+        self,
+        cycle: RequestResponseCycle,
+        transport: asyncio.Transport,
+        loop: asyncio.AbstractEventLoop,
+    ) -> None:
+        self._cycle: RequestResponseCycle | None = cycle
+        self._transport = transport
+        self._loop = loop
+        self._held: bytes | None = None
+        self._flush: asyncio.Handle | None = None
+
+    def write(self, data: bytes) -> None:
+        if self._cycle is not None:
+            if self._held is None:  # the head
+                self._held = data
+                self._flush = self._loop.call_soon(self._release)
+                return
+            if self._flush is not None:
+                self._flush.cancel()
+            data, self._held = self._held + data, None
+            self._release()
+        self._transport.write(data)
+
+    def _release(self) -> None:
+        if self._cycle is not None:
+            self._cycle.transport, self._cycle = self._transport, None
+        held, self._held = self._held, None
+        if held is not None and not self._transport.is_closing():
+            self._transport.write(held)
+
+    def close(self) -> None:
+        self._release()  # a close sends what was written first
+        self._transport.close()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._transport, name)  # is_closing, abort, get_extra_info, ...
 
 
 def http_protocol(settings: Settings) -> type[BoundedHttpProtocol]:

@@ -7,11 +7,14 @@ import json
 import logging
 import logging.config
 from collections.abc import Iterator
+from datetime import UTC, datetime
 
 import pytest
 
 from service.logging import (
     REQUEST,
+    AccessLog,
+    JsonFormatter,
     RepeatFilter,
     RequestContext,
     logging_config,
@@ -104,6 +107,54 @@ def test_records_inside_a_request_name_it_and_its_user(
     assert before["request_id"] == "req-1" and "user_id" not in before
     assert after["request_id"] == "req-1" and after["user_id"] == 42
     assert "request_id" not in outside
+
+
+def test_an_access_record_is_the_record_logger_info_makes(
+    captured: tuple[io.StringIO, logging.Logger],
+) -> None:
+    """AccessLog makes its records from a template, not through Logger.info (service.logging):
+    the handlers get the same record all the same, but for where and when it was made, and
+    the JSON line holds the same fields."""
+    stream, _ = captured
+    seen: list[logging.LogRecord] = []
+
+    class Keep(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            seen.append(record)
+
+    keep = Keep()
+    logging.getLogger("duckcast.access").addHandler(keep)
+    fields = {"method": "GET", "route": "/api/items/{item_id}", "status": 200, "user_id": 7}
+    args = ("GET", "/api/items/{item_id}", 200, 0.25)
+    try:
+        logging.getLogger("duckcast.access").info("%s %s %d %.1fms", *args, extra=fields)
+        AccessLog().log("%s %s %d %.1fms", args, fields)
+    finally:
+        logging.getLogger("duckcast.access").removeHandler(keep)
+    by_info, by_template = (vars(r) for r in seen)
+    where = {"pathname", "filename", "module", "lineno", "funcName"}
+    when = {"created", "msecs", "relativeCreated"}
+    assert by_template.keys() == by_info.keys()
+    assert {k: v for k, v in by_template.items() if k not in where | when} == {
+        k: v for k, v in by_info.items() if k not in where | when
+    }
+    assert 0 <= by_template["created"] - by_info["created"] < 1
+    assert 0 <= by_template["relativeCreated"] - by_info["relativeCreated"] < 1000
+    assert by_template["msecs"] == int((by_template["created"] % 1) * 1000)
+    (from_info, from_template) = lines(stream)
+    from_info.pop("time"), from_template.pop("time")
+    assert from_template == from_info
+
+
+def test_json_time_is_iso_8601_utc_to_the_millisecond() -> None:
+    """The formatter makes the date and time of day once a second: the same text as
+    datetime's, across second boundaries too."""
+    formatter = JsonFormatter()
+    edges = (1700000000.0, 1700000000.2504, 1700000000.9994, 1700000000.9999996, 1.5e9 + 0.001)
+    for created in edges:
+        expected = datetime.fromtimestamp(created, UTC).isoformat(timespec="milliseconds")
+        assert json.loads(formatter.format(record("x", level=logging.INFO)))["level"] == "INFO"
+        assert formatter._time(created) == expected, created
 
 
 def test_text_format_for_a_terminal() -> None:

@@ -3,22 +3,25 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import signal
 import threading
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from typing import Any
 
 from fastapi import FastAPI
+from fastapi.middleware.asyncexitstack import AsyncExitStackMiddleware
 from fastapi.routing import APIRoute
-from starlette.types import Receive, Scope, Send
+from starlette.middleware.exceptions import ExceptionMiddleware
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from service import redaction
 from service.api import errors
 from service.api.auth import RevokedTokens, TokenSigner
+from service.api.edge import Edge
 from service.api.hashing import PasswordHashing
-from service.api.middleware import BodyLimit, SecurityHeaders, Utf8Query
-from service.api.observe import RequestObserver
 from service.api.revocation import RevocationSync
 from service.api.routes import docs, events, items, ops, uploads, users
 from service.api.routing import SERVER_CONNECTION
@@ -100,15 +103,18 @@ def create_app(
             hashing.close()
 
     app = DuckcastApp(
+        edge=functools.partial(
+            Edge,
+            max_body=settings.max_body_bytes,
+            body_limits={"/api/upload": settings.upload_max_bytes + MULTIPART_OVERHEAD},
+            access_log=settings.access_log,
+        ),
         title="Duckcast",
         version="1.0.0",
         summary="Realtime CRUD over JSON and Protocol Buffers",
         lifespan=lifespan,
         docs_url=None,  # service.api.routes.docs serves /docs without a CDN
         redoc_url=None,
-        # Metrics are Prometheus (service.metrics); FastAPI's OpenTelemetry hooks would look up
-        # a provider on every request to find none.
-        telemetry={"tracing": False, "metrics": False, "logs": False},
     )
     app.state.settings = settings
     app.state.store = store
@@ -142,16 +148,6 @@ def create_app(
     for router in (*routers, docs.router):  # and the API docs' page and files (no CDN)
         app.router.routes.extend(router.routes)
     app.mount("/static", ops.static_assets(), name="static")
-    # Around every route, streams and lean handlers included; the last added is the outermost.
-    app.add_middleware(
-        BodyLimit,
-        default=settings.max_body_bytes,
-        per_path={"/api/upload": settings.upload_max_bytes + MULTIPART_OVERHEAD},
-    )
-    app.add_middleware(Utf8Query)
-    app.add_middleware(SecurityHeaders)
-    # outermost: even the 500 SecurityHeaders renders, and its log line, carry the request id
-    app.add_middleware(RequestObserver, access_log=settings.access_log)
     preinitialise_routes(
         (method, route.path)
         for router in routers
@@ -163,16 +159,53 @@ def create_app(
 
 
 class DuckcastApp(FastAPI):
-    """FastAPI, plus the one thing no middleware can see: the server's own `send`. Each layer
-    wraps `send` in a closure, which hides uvicorn's connection object; the stream handlers need
-    it (the disconnect flag, aborting a stalled transport), so it rides in the scope
-    (service.api.routing.StreamEndpoint)."""
+    """FastAPI, with Edge (service.api.edge) as the outermost layer of every request, in the
+    place of Starlette's ServerErrorMiddleware (Edge answers the 500 itself), and none of the
+    layers that would do nothing here: every layer is a frame (and often a `send` wrapper)
+    per request, held as long as the request, and an event stream is held for hours,
+    thousands per worker. Left out: FastAPI's OpenTelemetry hooks (metrics are Prometheus,
+    service.metrics) and its body limit (Edge limits bodies), so neither may be configured.
+
+    A middleware added with `add_middleware` sits inside Edge, around every route (the last
+    added outermost, as in FastAPI), and outside the exception handlers, so it sees their
+    answers. Also the one thing no middleware can see: the server's own `send`, which the
+    stream handlers need (the disconnect flag, aborting a stalled transport); it rides in the
+    scope (service.api.routing.StreamEndpoint)."""
+
+    def __init__(self, *, edge: Callable[[ASGIApp], ASGIApp], **kwargs: Any) -> None:
+        if kwargs.get("max_body_size") is not None or "telemetry" in kwargs:
+            raise ValueError("DuckcastApp: Edge limits bodies, and telemetry is off")
+        # FastAPI's OpenTelemetry hooks would look up a provider on every request to find none
+        kwargs["telemetry"] = {"tracing": False, "metrics": False, "logs": False}
+        super().__init__(**kwargs)
+        self.edge = edge
+
+    def build_middleware_stack(self) -> ASGIApp:
+        # FastAPI's stack (fastapi.applications.FastAPI.build_middleware_stack) from the user
+        # middleware inwards; the 500 / Exception handler is ServerErrorMiddleware's, and Edge's
+        # job here.
+        handlers = {k: v for k, v in self.exception_handlers.items() if k not in (500, Exception)}
+        app: ASGIApp = AsyncExitStackMiddleware(self.router)  # closes uploaded files
+        app = ExceptionMiddleware(app, handlers=handlers, debug=self.debug)
+        for cls, args, kwargs in reversed(self.user_middleware):
+            app = cls(app, *args, **kwargs)
+        return self.edge(app)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         connection = getattr(send, "__self__", None)
         if connection is not None:
             scope[SERVER_CONNECTION] = connection
-        await super().__call__(scope, receive, send)
+        if scope["type"] == "lifespan":
+            await super().__call__(scope, receive, send)
+            return
+        # What FastAPI.__call__ and Starlette.__call__ do for a request with telemetry off, in
+        # one frame instead of three
+        if self.root_path:
+            scope["root_path"] = self.root_path
+        scope["app"] = self
+        if self.middleware_stack is None:
+            self.middleware_stack = self.build_middleware_stack()
+        await self.middleware_stack(scope, receive, send)
 
 
 def _end_streams_on_signal(ring: Ring) -> Callable[[], None]:

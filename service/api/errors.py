@@ -52,11 +52,6 @@ def error_response(request: Request, exc: DuckcastError) -> Response:
     return render_error(request, exc.status, public_message(exc), headers)
 
 
-async def _unexpected(request: Request, exc: Exception) -> Response:
-    # Starlette re-raises after sending this; service.api.middleware.SecurityHeaders logs it.
-    return render_error(request, 500, "internal server error")
-
-
 async def _validation(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, RequestValidationError | ValidationError)
     if isinstance(exc, ValidationError):
@@ -89,4 +84,4 @@ def install(app: FastAPI) -> None:
     app.add_exception_handler(RequestValidationError, _validation)
     app.add_exception_handler(ValidationError, _validation)
     app.add_exception_handler(HTTPException, _http)
-    app.add_exception_handler(Exception, _unexpected)
+    # anything else escapes to service.api.edge.Edge, which logs it and answers 500

@@ -19,7 +19,7 @@ from typing import Any, TypeVar
 from fastapi.routing import APIRoute
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from service.api.observe import STREAM_KEY
+from service.api.edge import STREAM_KEY
 
 Lean = Callable[[Scope, Receive, Send], Awaitable[bool]]
 F = TypeVar("F", bound=Callable[..., Any])
@@ -55,15 +55,6 @@ class LeanRoute(APIRoute):
         ):
             return
         await super().handle(scope, receive, send)
-
-
-def route_path(scope: Scope) -> str:
-    """The path below the app's mount point (`root_path`), as the router matches it."""
-    path: str = scope["path"]
-    root: str = scope.get("root_path", "")
-    if root and path.startswith(root) and path[len(root) : len(root) + 1] in ("/", ""):
-        return path[len(root) :] or "/"
-    return path
 
 
 class StreamEndpoint:

@@ -20,7 +20,8 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from websockets.asyncio.client import connect
 
 from service.api.app import create_app
-from service.api.routing import SERVER_CONNECTION, StreamEndpoint, route_path
+from service.api.edge import route_path
+from service.api.routing import SERVER_CONNECTION, StreamEndpoint
 from service.config import Settings
 from service.errors import NotFound
 from service.pb import duckcast_pb2 as pb

@@ -1,4 +1,4 @@
-"""Headers and error answers that hold for every route (service.api.middleware.SecurityHeaders):
+"""Headers and error answers that hold for every route (service.api.edge.Edge):
 `nosniff` on every HTTP answer, `Cache-Control: no-store` on everything under /api/, no Host
 reflection in redirects, 500s in the negotiated format without internals, and no internal
 address in any 503. Served by a real uvicorn, the lean handlers and the streams included."""
@@ -16,7 +16,7 @@ from fastapi import FastAPI
 from starlette.routing import BaseRoute
 
 from service.api.app import create_app
-from service.api.middleware import _relative_location
+from service.api.edge import _relative_location
 from service.config import Settings
 from service.pb import duckcast_pb2 as pb
 from tests.api.wire import JSON, PROTOBUF

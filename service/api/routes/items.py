@@ -16,6 +16,7 @@ from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
 from service.api.deps import CurrentUser, StoreDep, user_id
+from service.api.edge import route_path
 from service.api.negotiation import (
     JSON,
     body_data,
@@ -26,7 +27,7 @@ from service.api.negotiation import (
     validated,
 )
 from service.api.params import AsciiInt
-from service.api.routing import LeanRoute, lean, route_path
+from service.api.routing import LeanRoute, lean
 from service.api.schemas import (
     BULK_MAX,
     BulkCreate,

@@ -1,0 +1,258 @@
+"""`Edge`: the one middleware around every route (added in service.api.app), pure ASGI.
+
+One layer, not four: a middleware's frame, and the `send` it wraps, live as long as the
+request, and an event stream is held for hours, thousands per worker. So every request gets one
+frame here and one `send` wrapper (`_Answer`), and `receive` is wrapped only when the body's
+length is not already bounded by the HTTP/1 framing. What it does, outermost first:
+
+- Observes every HTTP request: a request id (`X-Request-ID`: the caller's when it is 1-128
+  characters of `[A-Za-z0-9._:/+=-]` and nothing the log redaction would hide, else made),
+  returned on the response and set on every log record written meanwhile
+  (service.logging.REQUEST); counted and timed by route *template*; one access log line
+  (`duckcast.access`, INFO; `DUCKCAST_ACCESS_LOG=false` turns it off): method, route template,
+  status, duration, request id, user id. Never the raw path or query string (`?token=` is
+  accepted on streams) and never a header value. Event streams get a request id but are
+  neither timed nor logged here: they are long-lived and have their own metrics (a stream
+  route marks its scope with STREAM_KEY).
+- Secures every answer of every route, the streams too: `X-Content-Type-Options: nosniff`;
+  `Cache-Control: no-store` under /api/ (sessions, items, users: nothing a shared cache or the
+  browser's disk should keep); a `Location` that points at the Host the client sent is made
+  relative (the trailing-slash redirect would otherwise send a victim to whatever Host an
+  attacker injected: cache poisoning); an exception that escapes the app becomes a 500 in the
+  negotiated format with no internals (logged here with its traceback, and the request id),
+  if no response has started yet.
+- Refuses a query string that is not UTF-8 (Starlette's URL, for redirects and `request.url`,
+  would raise on it): 400, or a 1008 close for a WebSocket.
+- Limits request bodies per path: 413 at once from Content-Length (400 if it is not a number),
+  else while the body streams in (PayloadTooLarge from `receive`, answered by the app's
+  error handlers).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import time
+from typing import Any
+
+from prometheus_client.metrics import Counter, Histogram
+from starlette.requests import Request
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from service.api.errors import refuse
+from service.api.negotiation import render_error
+from service.errors import PayloadTooLarge
+from service.logging import REQUEST, AccessLog, RequestContext
+from service.metrics import HTTP_LATENCY, HTTP_REQUESTS, route_group
+from service.redaction import redact
+from service.wire import ascii_int
+
+STREAM_KEY = "duckcast.stream"
+REQUEST_ID_HEADER = b"x-request-id"
+VALID_REQUEST_ID = re.compile(rb"[A-Za-z0-9._:/+=-]{1,128}")
+# Any token is a method to uvicorn: a label per made-up method would grow without bound.
+METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+# HTTP/1 frames a body by Content-Length or chunked encoding, nothing else: with neither
+# header the body is empty, and with Content-Length the server delivers exactly that many bytes.
+FRAMED = frozenset({"1.0", "1.1"})
+
+logger = logging.getLogger(__name__)
+
+_NOSNIFF = (b"x-content-type-options", b"nosniff")
+_NO_STORE = (b"cache-control", b"no-store")
+
+
+def route_of(scope: Scope) -> str:
+    """The matched route's template (FastAPI's router puts the route in the scope)."""
+    return str(getattr(scope.get("route"), "path", "unmatched"))
+
+
+def route_path(scope: Scope) -> str:
+    """The path below the app's mount point (`root_path`), as the router matches it."""
+    path: str = scope["path"]
+    root: str = scope.get("root_path", "")
+    if root and path.startswith(root) and path[len(root) : len(root) + 1] in ("/", ""):
+        return path[len(root) :] or "/"
+    return path
+
+
+def given_request_id(value: bytes) -> str | None:
+    """The caller's X-Request-ID, if we may keep it."""
+    if VALID_REQUEST_ID.fullmatch(value):
+        given = bytes(value).decode("ascii")
+        # it goes into every log record of the request: never a credential
+        if redact(given) == given:
+            return given
+    return None
+
+
+class Edge:
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        max_body: int,
+        body_limits: dict[str, int] | None = None,
+        access_log: bool = True,
+    ) -> None:
+        self.app = app
+        self.max_body = max_body
+        self.body_limits = body_limits or {}
+        self.access_log = AccessLog() if access_log else None
+        # label lookups cost more than the increments: one child per key, made once
+        self._counters: dict[tuple[str, str, int], Counter] = {}
+        self._timers: dict[tuple[str, str], Histogram] = {}
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            if scope["type"] == "websocket" and not _utf8(scope["query_string"]):
+                await refuse(scope, receive, send, "query string: not valid UTF-8")
+                return
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        request_id = declared = None
+        chunked = False
+        for name, value in scope["headers"]:
+            if name == REQUEST_ID_HEADER:
+                if request_id is None:  # the first one counts
+                    request_id = given_request_id(value) or ""
+            elif name == b"content-length":
+                if declared is None:
+                    declared = bytes(value).decode("latin-1")
+            elif name == b"transfer-encoding":
+                chunked = True
+        context = RequestContext(request_id or os.urandom(16).hex())  # as uuid4().hex, cheaper
+        token = REQUEST.set(context)
+        path = route_path(scope)
+        answer = _Answer(scope, send, context.request_id, path.startswith("/api/"))
+        try:
+            limit = self.body_limits.get(path, self.max_body)
+            refusal = _refusal(scope["query_string"], declared, limit)
+            if refusal is not None:
+                await render_error(Request(scope), *refusal)(scope, receive, answer)
+            else:
+                if (declared is None and chunked) or scope.get("http_version") not in FRAMED:
+                    receive = _LimitedBody(receive, limit)
+                await self.app(scope, receive, answer)
+        except Exception:
+            logger.exception("unhandled error on %s %s", scope["method"], scope["path"])
+            if not answer.started:
+                response = render_error(Request(scope), 500, "internal server error")
+                await response(scope, receive, answer)
+        finally:
+            REQUEST.reset(token)
+            if STREAM_KEY not in scope:
+                self._observe(scope, answer.status, time.perf_counter() - started, context)
+
+    def _observe(self, scope: Scope, status: int, elapsed: float, context: RequestContext) -> None:
+        method: str = scope["method"] if scope["method"] in METHODS else "OTHER"
+        route = route_of(scope)
+        counter = self._counters.get((method, route, status))
+        if counter is None:
+            counter = HTTP_REQUESTS.labels(method, route, str(status))
+            self._counters[(method, route, status)] = counter
+        counter.inc()
+        timer = self._timers.get((method, route))
+        if timer is None:
+            timer = HTTP_LATENCY.labels(method, route, route_group(route))
+            self._timers[(method, route)] = timer
+        timer.observe(elapsed)
+        if self.access_log is not None and self.access_log.enabled():
+            fields: dict[str, Any] = {
+                "method": method,
+                "route": route,
+                "status": status,
+                "duration_ms": round(elapsed * 1000, 2),
+                "request_id": context.request_id,
+                "user_id": context.user_id,
+            }
+            args = (method, route, status, elapsed * 1000)
+            self.access_log.log("%s %s %d %.1fms", args, fields)
+
+
+class _Answer:
+    """The request's one `send` wrapper: notes the status, adds the response headers."""
+
+    __slots__ = ("_id_header", "_private", "_scope", "_send", "started", "status")
+
+    def __init__(self, scope: Scope, send: Send, request_id: str, private: bool) -> None:
+        self._scope = scope
+        self._send = send
+        self._id_header = (REQUEST_ID_HEADER, request_id.encode("ascii"))
+        self._private = private
+        self.started = False
+        self.status = 500  # what the client gets if the app raises before answering
+
+    async def __call__(self, message: Message) -> None:
+        if message["type"] == "http.response.start":
+            self.started = True
+            self.status = message["status"]
+            message["headers"] = self._headers(message.get("headers", ()))
+        await self._send(message)
+
+    def _headers(self, headers: Any) -> list[tuple[bytes, bytes]]:
+        private = self._private
+        out = [_NOSNIFF, _NO_STORE] if private else [_NOSNIFF]
+        for name, value in headers:
+            lower = name.lower()
+            if lower == b"x-content-type-options" or (private and lower == b"cache-control"):
+                continue
+            if lower == b"location":
+                value = _relative_location(self._scope, value)
+            out.append((name, value))
+        out.append(self._id_header)
+        return out
+
+
+class _LimitedBody:
+    """`receive` that raises PayloadTooLarge once the body passes `limit` bytes."""
+
+    __slots__ = ("_receive", "limit", "received")
+
+    def __init__(self, receive: Receive, limit: int) -> None:
+        self._receive = receive
+        self.limit = limit
+        self.received = 0
+
+    async def __call__(self) -> Message:
+        message = await self._receive()
+        if message["type"] == "http.request":
+            self.received += len(message.get("body", b""))
+            if self.received > self.limit:
+                raise PayloadTooLarge(f"body larger than {self.limit} bytes")
+        return message
+
+
+def _refusal(query: bytes, declared: str | None, limit: int) -> tuple[int, str] | None:
+    """The status and message for a request refused before the app sees it, if it is."""
+    if not _utf8(query):
+        return 400, "query string: not valid UTF-8"
+    if declared is not None:
+        size = ascii_int(declared)  # isdigit() would take "²", and int() then raise
+        if size is None:
+            return 400, "invalid Content-Length"
+        if size > limit:
+            return 413, f"body larger than {limit} bytes"
+    return None
+
+
+def _utf8(raw: bytes) -> bool:
+    if raw.isascii():
+        return True
+    try:
+        raw.decode()
+    except UnicodeDecodeError:
+        return False
+    return True
+
+
+def _relative_location(scope: Scope, location: bytes) -> bytes:
+    host = dict(scope.get("headers", [])).get(b"host")
+    for scheme in (b"http://", b"https://"):
+        if host and location.startswith(scheme + host):
+            rest = location[len(scheme) + len(host) :]
+            if rest[:1] in (b"/", b""):
+                return b"/" + rest.lstrip(b"/")  # never "//host": protocol-relative
+    return location
