@@ -18,7 +18,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from service.api.app import create_app
 from service.config import Settings
 from tests.api.conftest import SmallApp, running
-from tests.api.wire import asgi_scope
+from tests.api.wire import asgi_scope, first_of_stream
 
 
 async def _call(
@@ -116,28 +116,8 @@ async def test_streams_get_a_request_id_but_no_access_line(
     caplog.set_level(logging.INFO, logger="duckcast.access")
     user = await small.app.state.store.create_user("streamer", "h")
     token = small.app.state.signer.issue(user.id).value
-    started = asyncio.Event()
-    answer: dict[str, Any] = {}
-    received = False
-
-    async def receive() -> Message:
-        nonlocal received
-        if not received:
-            received = True
-            return {"type": "http.request", "body": b"", "more_body": False}
-        await started.wait()
-        return {"type": "http.disconnect"}
-
-    async def send(message: Message) -> None:
-        if message["type"] == "http.response.start":
-            answer["headers"] = dict(message["headers"])
-        elif message.get("body"):
-            started.set()
-
-    query = f"token={token}".encode()
-    scope = asgi_scope("http", "/api/events", query, [(b"host", b"test")], method="GET")
-    await asyncio.wait_for(small.app(scope, receive, send), 10)
-    assert b"x-request-id" in answer["headers"]
+    _, headers = await first_of_stream(small.app, "/api/events", token)
+    assert b"x-request-id" in headers
     assert (await small.client.get("/healthz")).status_code == 200
     routes = [r.route for r in caplog.records if r.name == "duckcast.access"]  # type: ignore[attr-defined]
     assert routes == ["/healthz"]

@@ -28,7 +28,7 @@ from service.pb import duckcast_pb2 as pb
 from service.wire import ID, LIMIT, LIMIT_DEFAULT, PAGE, PAGE_DEFAULT, QUERY_MAX_LENGTH, STATUSES
 from service.worker import uvicorn_options
 from tests.api.conftest import running
-from tests.api.wire import asgi_scope
+from tests.api.wire import asgi_scope, first_of_stream
 from tests.realtime.conftest import TIMEOUT, serve
 from tests.sse import EventStream
 
@@ -87,43 +87,10 @@ async def test_every_route_works_when_a_proxy_sets_root_path(tmp_path: Path) -> 
             assert listed.status_code == 200 and listed.json()["total"] == 1
             # the declared endpoint, when the lean handler hands over: the same rules
             assert (await client.get(f"{PREFIX}/api/items/0", headers=auth)).status_code == 422
-        status, headers = await _first_of_stream(app, f"{PREFIX}/api/events", token, PREFIX)
+        status, headers = await first_of_stream(app, f"{PREFIX}/api/events", token, PREFIX)
         assert status == 200 and headers[b"content-type"].startswith(b"text/event-stream")
         ws = await _ws_opens(app, f"{PREFIX}/ws/items", token, PREFIX)
         assert ws[0] == {"type": "websocket.accept"}, ws
-
-
-async def _first_of_stream(
-    app: ASGIApp, path: str, token: str, root_path: str
-) -> tuple[int, dict[bytes, bytes]]:
-    started = asyncio.Event()
-    answer: dict[str, Any] = {}
-    received = False
-
-    async def receive() -> Message:
-        nonlocal received
-        if not received:
-            received = True
-            return {"type": "http.request", "body": b"", "more_body": False}
-        await started.wait()
-        return {"type": "http.disconnect"}
-
-    async def send(message: Message) -> None:
-        if message["type"] == "http.response.start":
-            answer["status"], answer["headers"] = message["status"], dict(message["headers"])
-        elif message.get("body"):
-            started.set()
-
-    scope = asgi_scope(
-        "http",
-        path,
-        f"token={token}".encode(),
-        [(b"host", b"test")],
-        root_path=root_path,
-        method="GET",
-    )
-    await asyncio.wait_for(app(scope, receive, send), 10)
-    return answer["status"], answer["headers"]
 
 
 class Recorder:

@@ -196,3 +196,38 @@ def asgi_scope(
         "client": ("127.0.0.1", 5000),
         **extra,
     }
+
+
+async def first_of_stream(
+    app: ASGIApp, path: str, token: str, root_path: str = ""
+) -> tuple[int, dict[bytes, bytes]]:
+    """Open an event stream through ASGI with `?token=`, wait for its first body bytes, then
+    leave: the status and headers it answered."""
+    started = asyncio.Event()
+    answer: dict[str, Any] = {}
+    received = False
+
+    async def receive() -> AsgiMessage:
+        nonlocal received
+        if not received:
+            received = True
+            return {"type": "http.request", "body": b"", "more_body": False}
+        await started.wait()
+        return {"type": "http.disconnect"}
+
+    async def send(message: AsgiMessage) -> None:
+        if message["type"] == "http.response.start":
+            answer["status"], answer["headers"] = message["status"], dict(message["headers"])
+        elif message.get("body"):
+            started.set()
+
+    scope = asgi_scope(
+        "http",
+        path,
+        f"token={token}".encode(),
+        [(b"host", b"test")],
+        root_path=root_path,
+        method="GET",
+    )
+    await asyncio.wait_for(app(scope, receive, send), 10)
+    return answer["status"], answer["headers"]
