@@ -89,12 +89,7 @@ class StoreClient(abc.ABC):
         request_hash: bytes = b"",
     ) -> tuple[pb.ItemList, int]:
         """create_items, and a seq at or after the write's events (read-your-writes)."""
-        op = spb.CreateItems(
-            actor_id=actor_id,
-            items=items,
-            idempotency_key=idempotency_key,
-            request_hash=request_hash,
-        )
+        op = create_op(actor_id, items, idempotency_key, request_hash)
         resp = await self._ok(spb.StoreRequest(create_items=op))
         return resp.items, resp.seq
 
@@ -158,3 +153,15 @@ class StoreClient(abc.ABC):
     async def delete_upload(self, actor_id: int, name: str) -> None:
         op = spb.DeleteUpload(actor_id=actor_id, name=name)
         await self._ok(spb.StoreRequest(delete_upload=op))
+
+
+def create_op(
+    actor_id: int, items: Sequence[pb.ItemCreate], idempotency_key: str, request_hash: bytes
+) -> spb.CreateItems:
+    """The store operation of one create_items call (sent alone, or within a CreateMany)."""
+    return spb.CreateItems(
+        actor_id=actor_id,
+        items=items,
+        idempotency_key=idempotency_key,
+        request_hash=request_hash,
+    )

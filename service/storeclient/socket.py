@@ -32,7 +32,7 @@ from collections.abc import Sequence
 from service.errors import Invalid, StoreTimeout, StoreUnavailable, WriteInDoubt
 from service.pb import duckcast_pb2 as pb
 from service.pb import store_pb2 as spb
-from service.storeclient.base import StoreClient, count_request
+from service.storeclient.base import StoreClient, count_request, create_op
 from service.storeclient.handshake import HandshakeError, client_handshake
 from service.storeclient.protocol import (
     UNKNOWN_OPERATION,
@@ -139,12 +139,7 @@ class SocketStoreClient(StoreClient):
     ) -> tuple[pb.ItemList, int]:
         if len(items) != 1 or not self.coalesce:  # bulk creates (large, rarer) go as they are
             return await super().create_items_at(actor_id, items, idempotency_key, request_hash)
-        op = spb.CreateItems(
-            actor_id=actor_id,
-            items=items,
-            idempotency_key=idempotency_key,
-            request_hash=request_hash,
-        )
+        op = create_op(actor_id, items, idempotency_key, request_hash)
         loop = asyncio.get_running_loop()
         future: asyncio.Future[tuple[pb.ItemList, int]] = loop.create_future()
         self._creates.append((op, future))
