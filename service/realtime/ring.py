@@ -28,9 +28,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
+import os
 import time
 from collections import OrderedDict
-from typing import NamedTuple, Protocol
+from typing import Any, NamedTuple, Protocol
 
 import orjson
 
@@ -76,6 +78,61 @@ FANOUT_SLICE = 128
 WRITE_BYTES = 256 * 1024
 
 
+LOG_GROWTH = math.log(1.01)
+
+
+class Trace:
+    """Diagnostic, off unless DUCKCAST_FANOUT_TRACE names a directory (loadtests.fanout
+    --trace sets it): this worker's cumulative latency histograms, rewritten to <dir>/<pid>.json
+    every second in loadtests/fanout/stats.py's format (buckets ~1% wide, ms). `publish`: commit
+    -> the relay appends the event; `write`: commit -> the fan-out writes it to a subscriber's
+    socket (one sample per delivery); `hold`: append -> the wake-up that releases it (the flush
+    interval); `slice`: wake-up -> a fan-out slice starts; `turn`: a slice's duration; `lag`: a
+    100 Hz timer's lateness (how long anything ready waits for the loop)."""
+
+    NAMES = ("publish", "write", "hold", "slice", "turn", "lag")
+    PERIOD = 0.01
+
+    def __init__(self, directory: str) -> None:
+        self.path = os.path.join(directory, f"{os.getpid()}.json")
+        self.hists: dict[str, dict[str, Any]] = {
+            n: {"buckets": {}, "n": 0, "max": None} for n in self.NAMES
+        }
+        self._due = 0.0
+
+    def add(self, name: str, ms: float, n: int = 1) -> None:
+        h = self.hists[name]
+        b = 0 if not ms > 0.01 else min(2399, 1 + math.floor(math.log(ms / 0.01) / LOG_GROWTH))
+        buckets = h["buckets"]
+        buckets[b] = buckets.get(b, 0) + n
+        h["n"] += n
+        if h["max"] is None or ms > h["max"]:
+            h["max"] = ms
+
+    def start(self) -> None:
+        self._due = time.monotonic() + self.PERIOD
+        asyncio.get_running_loop().call_later(self.PERIOD, self._tick)
+        self._save()
+
+    def _tick(self) -> None:
+        # monotonic, not loop.time(): uvloop's clock has millisecond steps
+        now = time.monotonic()
+        self.add("lag", (now - self._due) * 1000)
+        self._due = now + self.PERIOD
+        asyncio.get_running_loop().call_later(self.PERIOD, self._tick)
+
+    def _save(self) -> None:
+        tmp = self.path + ".tmp"
+        with open(tmp, "wb") as f:
+            f.write(orjson.dumps(self.hists, option=orjson.OPT_NON_STR_KEYS))
+        os.replace(tmp, self.path)
+        asyncio.get_running_loop().call_later(1.0, self._save)
+
+
+_trace_dir = os.environ.get("DUCKCAST_FANOUT_TRACE")
+TRACE: Trace | None = Trace(_trace_dir) if _trace_dir else None
+
+
 class EncodedEvent:
     """One event with its wire forms computed on first use and shared by every subscriber."""
 
@@ -85,6 +142,7 @@ class EncodedEvent:
         "_sse",
         "_ws_binary",
         "_ws_text",
+        "appended",
         "commit_time",
         "event",
         "seq",
@@ -102,6 +160,7 @@ class EncodedEvent:
             if event.type in (pb.CREATED, pb.UPDATED)
             else 0.0
         )
+        self.appended = 0.0  # monotonic time the ring appended it (Trace only)
         self._sse: bytes | None = None
         self._json: str | None = None
         self._proto: bytes | None = None
@@ -318,6 +377,8 @@ class Ring:
         self._fanout: asyncio.Task[None] | None = None
         self._fanout_again = False  # a wake-up came while the fan-out task was running
         self._keepalive_due = False
+        self._trace_seq = 0  # Trace: the head at the last wake-up
+        self._trace_wake = 0.0  # Trace: monotonic time of the last wake-up
 
     # -- the producer (the relay) --------------------------------------------------------------
 
@@ -331,12 +392,17 @@ class Ring:
                 loop.call_later(self._keepalive, self._tick),
                 loop.call_later(self._sweep_interval, self._sweep),
             ]
+            if TRACE is not None:
+                TRACE.start()
 
     def publish(self, events: list[pb.DomainEvent]) -> None:
         for event in events:
             if event.seq != self.seq + 1:  # the relay repairs gaps first; never trust a gap
                 self._restart(event.seq - 1)
             encoded = EncodedEvent(event)
+            if TRACE is not None and encoded.commit_time:
+                TRACE.add("publish", (time.time() - encoded.commit_time) * 1000)
+                encoded.appended = time.monotonic()
             self._events.append(encoded)
             self._bytes += encoded.size * 3 + EVENT_OVERHEAD
             self.seq = event.seq
@@ -500,6 +566,12 @@ class Ring:
             self._flush_handle = None
         self._unflushed = 0
         self._last_wake = asyncio.get_running_loop().time()
+        if TRACE is not None:
+            self._trace_wake = now = time.monotonic()
+            for ev in self.after(max(self._trace_seq, self.first - 1), MAX_PAGE) or ():
+                if ev.appended:
+                    TRACE.add("hold", (now - ev.appended) * 1000)
+            self._trace_seq = self.seq
         fut, self._wakeup = self._wakeup, None
         if fut is not None and not fut.done():
             fut.set_result(None)
@@ -518,9 +590,20 @@ class Ring:
                 keepalive, self._keepalive_due = self._keepalive_due, False
                 delivered = {"sse": 0, "ws": 0}
                 oldest: EncodedEvent | None = None
-                for i, cursor in enumerate(list(self._parked)):
-                    if i and i % FANOUT_SLICE == 0:
+                began = time.monotonic()
+                if TRACE is not None:
+                    TRACE.add("slice", (began - self._trace_wake) * 1000)
+                written = 0  # in this turn
+                for cursor in list(self._parked):
+                    if written == FANOUT_SLICE:
+                        if TRACE is not None:
+                            TRACE.add("turn", (time.monotonic() - began) * 1000)
                         await asyncio.sleep(0)
+                        began = time.monotonic()
+                        written = 0
+                        if TRACE is not None:
+                            TRACE.add("slice", (began - self._trace_wake) * 1000)
+                    written += 1
                     if cursor.parked is None:  # unparked or dropped meanwhile
                         continue
                     pusher = cursor.pusher
@@ -543,12 +626,19 @@ class Ring:
                             continue
                         if oldest is None:
                             oldest = events[0]
+                        if TRACE is not None:
+                            now = time.time()
+                            for ev in events[:n]:
+                                if ev.commit_time:
+                                    TRACE.add("write", (now - ev.commit_time) * 1000)
                         delivered[cursor.transport] = delivered.get(cursor.transport, 0) + n
                         if n < len(events):
                             last = events[n - 1].seq
                     cursor.seq = last
                     if last < self.seq:  # more than one write behind: its coroutine catches up
                         self._unpark(cursor)
+                if TRACE is not None:
+                    TRACE.add("turn", (time.monotonic() - began) * 1000)
                 self._count(delivered, oldest)
                 if not self._fanout_again:
                     return
