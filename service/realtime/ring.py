@@ -8,8 +8,8 @@ every subscriber of the worker, with no task, queue or future of its own.
 
 A stream the server lets us write to directly (a `Pusher`: service/api/connection.py) parks
 once it has caught up: from then on the ring's one fan-out task writes each wake-up's events
-to its socket itself, a few hundred subscribers at a time with the event loop yielded between
-slices (so requests served by the same worker wait for a slice, not for the whole fan-out),
+to its socket itself, at most 128 subscribers or 1 ms at a time with the event loop yielded
+between turns (so requests served by the same worker wait for a turn, not for the fan-out),
 and the stream's own coroutine sleeps on a future of its own until the ring needs it: its
 socket is above the high-water mark (it then blocks in its own write, where the sweep's stall
 rule sees it), its cursor is more than a write behind, or it must end.
