@@ -71,6 +71,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     add("--clients", type=int, default=4, help="subscriber processes per system (4)")
     add("--senders", type=int, default=32, help="writer connections (32)")
     add("--connect-concurrency", type=int, default=64, help="handshakes in flight per process")
+    add("--trace", action="store_true", help="Duckcast's server-side latency trace (see README)")
     add("--json", type=Path, default=None, help="results file (loadtests/results/fanout-*.json)")
     a = p.parse_args(argv)
     q = a.quick
@@ -98,7 +99,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 def make_systems(args: argparse.Namespace) -> list[System]:
     cmd = args.duckcast.split() if args.duckcast else default_duckcast()
-    made: dict[str, System] = {"duckcast": Duckcast(cmd), "peer": Peer()}
+    made: dict[str, System] = {"duckcast": Duckcast(cmd, trace=args.trace), "peer": Peer()}
     return [made[name] for name in args.systems]
 
 

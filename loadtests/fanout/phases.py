@@ -96,6 +96,58 @@ class Rig:
         wait_until(quiet, limit, 0)
 
 
+def server_trace(rig: Rig) -> dict[str, list[dict[str, Any]]]:
+    trace = getattr(rig.system, "trace", None)
+    return trace() if trace is not None else {}
+
+
+def trace_delta(
+    before: dict[str, list[dict[str, Any]]], after: dict[str, list[dict[str, Any]]]
+) -> dict[str, dict[str, float]]:
+    """Summaries of what the workers' trace histograms gained between two readings."""
+    out = {}
+    for name, hists in after.items():
+        gained: dict[str, float] = {}
+        for h in hists:
+            for i, c in h["buckets"].items():
+                gained[i] = gained.get(i, 0) + c
+        for h in before.get(name, []):
+            for i, c in h["buckets"].items():
+                gained[i] = gained.get(i, 0) - c
+        n = sum(gained.values())
+        lat = Latency([{"buckets": gained, "n": n, "max": None}])
+        per_worker = [h["n"] - b["n"] for h, b in zip(hists, before.get(name, []), strict=False)]
+        out[name] = {**lat.summary(), "p99.9": lat.percentile(99.9), "n_by_worker": per_worker}
+    return out
+
+
+def server_histograms(rig: Rig) -> dict[str, dict[float, float]]:
+    histograms = getattr(rig.system, "histograms", None)
+    return histograms() if histograms is not None else {}
+
+
+def histogram_delta(
+    before: dict[str, dict[float, float]], after: dict[str, dict[float, float]]
+) -> dict[str, dict[str, float]]:
+    """p50/p99 (the bucket's upper bound, ms) of what each /metrics histogram gained."""
+    out = {}
+    for name, cum in after.items():
+        gained = sorted((le, c - before.get(name, {}).get(le, 0.0)) for le, c in cum.items())
+        total = gained[-1][1] if gained else 0.0
+        if total > 0:
+            out[name] = {"n": total} | {k: upper(gained, q) for k, q in QUANTILES.items()}
+    return out
+
+
+QUANTILES = {"p50": 50.0, "p99": 99.0, "p99.9": 99.9}
+
+
+def upper(cumulative: list[tuple[float, float]], q: float) -> float:
+    """The upper bound (ms) of the bucket holding the q-th percentile."""
+    total = cumulative[-1][1]
+    return next(le * 1000 for le, c in cumulative if c >= q / 100 * total)
+
+
 def ack_summary(writes: dict[str, Any]) -> dict[str, Any]:
     return {
         **Latency([writes["ack"]]).summary(),
@@ -111,12 +163,18 @@ def measure(rig: Rig, rate: float, seconds: float, drain: float) -> dict[str, An
     lo = rig.system.seq()
     rig.subs.arm(lo)
     load0 = loadavg()
+    trace0 = server_trace(rig)
+    hist0 = server_histograms(rig)
     t0 = rig.snapshot()
     writes = rig.write(rate, seconds, lo)
     t1 = rig.snapshot()
     hi, expected = rig.system.window_after(lo, writes)
     got = rig.subs.drain(hi, expected, drain)
     t2 = rig.snapshot()
+    if trace0:
+        time.sleep(1.2)  # the workers rewrite their trace every second
+    trace = trace_delta(trace0, server_trace(rig)) if trace0 else {}
+    trace.update(histogram_delta(hist0, server_histograms(rig)))
     window = got["window"]
     delivered = sum(k["unique"] for k in window.values())
     lost = sum(k["lost"] for k in window.values())
@@ -152,13 +210,21 @@ def measure(rig: Rig, rate: float, seconds: float, drain: float) -> dict[str, An
         "client_cpu_us_per_delivery": (t2["clients"] - t0["clients"]) / max(1, delivered) * 1e6,
         "cores_during_writes": cores,
         "loadavg": [load0, loadavg()],
+        "server_trace_ms": trace,
     }
 
 
 def card(rig: Rig) -> dict[str, Any]:
     a = rig.args
     log(f"{rig.system.label}: POST latency with no subscriber ({a.rate:g}/s for {a.probe:g}s)")
+    hist0 = server_histograms(rig)
     probe = ack_summary(rig.write(a.rate, a.probe))
+    probe["server_trace_ms"] = histogram_delta(hist0, server_histograms(rig))
+    for name, h in probe["server_trace_ms"].items():
+        log(
+            f"{rig.system.label}:   probe {name:<24} n {h['n']:>6,.0f}  p50 {h['p50']:7.2f}  "
+            f"p99 {h['p99']:7.2f} ms"
+        )
     opened = rig.open_subscribers(a.subscribers)
     log(
         f"{rig.system.label}: {opened['open']} subscribers open; "
@@ -172,7 +238,16 @@ def card(rig: Rig) -> dict[str, Any]:
         f"{result['latency_ms']['p99']:.1f} ms, lost {result['lost']}, "
         f"dup {result['duplicated']}"
     )
+    log_trace(rig, result)
     return result
+
+
+def log_trace(rig: Rig, m: dict[str, Any]) -> None:
+    for name, h in m["server_trace_ms"].items():
+        log(
+            f"{rig.system.label}:   trace {name:<24} n {h['n']:>9,.0f}  p50 {h['p50']:8.2f}  "
+            f"p99 {h['p99']:8.2f}  p99.9 {h['p99.9']:8.2f} ms"
+        )
 
 
 def step_ok(m: dict[str, Any]) -> bool:
@@ -212,6 +287,7 @@ def ladder(rig: Rig) -> dict[str, Any]:
                 f"lost {m['lost']}, dropped {sum(m['ends'].values())}: "
                 + ("ok" if m["ok"] else "missed")
             )
+            log_trace(rig, m)
             if m["ok"]:
                 break
             ensure_subscribers(rig)

@@ -20,14 +20,17 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
 import httpx
+import redis
 
 from loadtests.fanout.nodes import PEER, node, peer_versions
+from loadtests.fanout.stats import bucket
 from loadtests.harness import (
     CannotRun,
     ProcessGroup,
@@ -83,10 +86,12 @@ class Duckcast:
     label = "Duckcast"
     resumable = True
 
-    def __init__(self, cmd: list[str], workers: int = 2) -> None:
+    def __init__(self, cmd: list[str], workers: int = 2, trace: bool = False) -> None:
         self.cmd = cmd
         self.workers = workers
         self.token = ""
+        self.trace_on = trace
+        self.trace_dir: Path | None = None
 
     def start(self, workdir: Path, stack: ExitStack) -> None:
         self.redis = RedisServer(workdir, name="duckcast-redis")
@@ -99,16 +104,24 @@ class Duckcast:
         run_dir = Path(tempfile.mkdtemp(prefix="fanout-cwd-", dir="/tmp"))
         stack.callback(shutil.rmtree, run_dir, ignore_errors=True)
         args = ["serve", "--workers", str(self.workers), "--port", str(self.port)]
+        env = child_env(REDIS_URL=self.redis.url)
+        if self.trace_on:
+            self.trace_dir = workdir / f"trace-{self.port}"
+            self.trace_dir.mkdir()
+            env["DUCKCAST_FANOUT_TRACE"] = str(self.trace_dir)
         self.group = ProcessGroup(
             "duckcast serve",
             [*self.cmd, *args, "--data-dir", str(data)],
-            child_env(REDIS_URL=self.redis.url),
+            env,
             workdir / f"duckcast-{self.port}.log",
             cwd=run_dir,
         )
         stack.callback(self.group.stop)
         self.wait_ready()
         self.token = login(self.base, f"fanout_{os.getpid()}_{time.time_ns()}", PASSWORD)
+        if self.trace_on:
+            self.tap = RedisTap(self.redis.url)
+            stack.callback(self.tap.stop)
 
     def wait_ready(self, timeout: float = 90.0) -> None:
         """/readyz answers 200 on fresh connections ten times running (so from every worker)
@@ -125,6 +138,49 @@ class Duckcast:
                 return
             time.sleep(0.05)
         raise CannotRun(f"duckcast not ready on every worker within {timeout:g}s")
+
+    def trace(self) -> dict[str, list[dict[str, Any]]]:
+        """The workers' cumulative trace histograms (service/realtime/ring.py `Trace`) by name;
+        empty unless --trace (or when the checkout has no trace)."""
+        found: dict[str, list[dict[str, Any]]] = {}
+        for path in sorted(self.trace_dir.glob("*.json")) if self.trace_dir else ():
+            for name, h in json.loads(path.read_text()).items():
+                found.setdefault(name, []).append(h)
+        if found:
+            found["redis"] = [self.tap.histogram()]
+        return found
+
+    def histograms(self) -> dict[str, dict[float, float]]:
+        """--trace: cumulative bucket counts (upper bound in s -> count) of the server's own
+        request-path histograms, from /metrics: POST /api/items as the worker timed it, the
+        workers' store calls by op, and the store's commits."""
+        if not self.trace_on:
+            return {}
+        from prometheus_client.parser import text_string_to_metric_families
+
+        text = httpx.get(self.base + "/metrics", timeout=30.0).text
+        out: dict[str, dict[float, float]] = {}
+        wanted = {
+            "duckcast_http_request_duration_seconds": lambda lb: (
+                "http " + lb.get("route", "")
+                if lb.get("method") == "POST" and lb.get("route") == "/api/items"
+                else None
+            ),
+            "duckcast_store_request_duration_seconds": lambda lb: "store " + lb.get("op", ""),
+            "duckcast_commit_duration_seconds": lambda lb: "commit",
+        }
+        for family in text_string_to_metric_families(text):
+            name_of = wanted.get(family.name)
+            if name_of is None:
+                continue
+            for sample in family.samples:
+                if not sample.name.endswith("_bucket"):
+                    continue
+                name = name_of(sample.labels)
+                if name:
+                    le = float(sample.labels["le"])
+                    out.setdefault(name, {})[le] = sample.value
+        return out
 
     def worker_pids(self) -> list[int]:
         masters = [p for p in children(self.group.pid) if "gunicorn" in " ".join(cmdline(p))]
@@ -158,6 +214,53 @@ class Duckcast:
 
     def describe(self) -> dict[str, Any]:
         return describe_duckcast(self.cmd)
+
+
+class RedisTap:
+    """--trace: commit -> the event's message reaching a subscriber of the backplane's Redis
+    (this process, on its own thread), per event, in stats.py's buckets. The signature is
+    skipped, not checked: this only times the messages."""
+
+    def __init__(self, url: str) -> None:
+        from service.constants import EVENTS_CHANNEL
+
+        self._pubsub = redis.Redis.from_url(url).pubsub(ignore_subscribe_messages=True)
+        self._pubsub.subscribe(EVENTS_CHANNEL)
+        self._buckets: dict[int, int] = {}
+        self._n = 0
+        self._lock = threading.Lock()
+        self._running = True
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        from service.pb import store_pb2 as spb
+
+        while self._running:
+            msg = self._pubsub.get_message(timeout=0.2)
+            if msg is None or msg["type"] != "message":
+                continue
+            now = time.time()
+            try:
+                # signed (service/backplane/signed.py): a version byte and a 32-byte MAC
+                events = spb.EventBatch.FromString(msg["data"][33:]).events
+            except Exception:  # not a batch: nothing to time
+                continue
+            with self._lock:
+                for e in events:
+                    stamp = e.item.updated_at
+                    if stamp.seconds:
+                        b = bucket((now - stamp.seconds - stamp.nanos / 1e9) * 1000)
+                        self._buckets[b] = self._buckets.get(b, 0) + 1
+                        self._n += 1
+
+    def histogram(self) -> dict[str, Any]:
+        with self._lock:
+            return {"buckets": dict(self._buckets), "n": self._n, "max": None}
+
+    def stop(self) -> None:
+        self._running = False
+        self._thread.join(2)
 
 
 class Peer:

@@ -8,8 +8,8 @@ every subscriber of the worker, with no task, queue or future of its own.
 
 A stream the server lets us write to directly (a `Pusher`: service/api/connection.py) parks
 once it has caught up: from then on the ring's one fan-out task writes each wake-up's events
-to its socket itself, a few hundred subscribers at a time with the event loop yielded between
-slices (so requests served by the same worker wait for a slice, not for the whole fan-out),
+to its socket itself, at most 128 subscribers or 1 ms at a time with the event loop yielded
+between turns (so requests served by the same worker wait for a turn, not for the fan-out),
 and the stream's own coroutine sleeps on a future of its own until the ring needs it: its
 socket is above the high-water mark (it then blocks in its own write, where the sweep's stall
 rule sees it), its cursor is more than a write behind, or it must end.
@@ -28,9 +28,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
+import os
 import time
 from collections import OrderedDict
-from typing import NamedTuple, Protocol
+from typing import Any, NamedTuple, Protocol
 
 import orjson
 
@@ -69,11 +71,71 @@ MAX_PAGE = 1000
 # stopped reading) has its connection aborted. After an overflow the client may still read
 # again and learn why it was dropped; at shutdown the worker must not wait for it.
 ABORT_GRACE = {"overflow": 60.0, "policy": 1.0, "shutdown": 1.0}
-# Parked subscribers written per slice of a fan-out before the event loop is yielded.
+# A fan-out yields the event loop after FANOUT_SLICE parked subscribers or FANOUT_TURN
+# seconds, whichever comes first: every other ready callback of the worker (a request's I/O,
+# the relay's next message, a store reply) waits for at most one such turn. Measured at 1,000
+# subscribers x 100 writes/s (README, Fan-out), a 128-subscriber turn took 2-3 ms (p99 11-17
+# ms, preempted on a busy machine), and the relay's hops and a POST's each waited behind one.
 FANOUT_SLICE = 128
+FANOUT_TURN = 0.001
 # Bytes one socket write carries at most (one event may exceed it): bounds what a pushed write
 # adds to a socket buffer, and a stream's own writes when it catches up.
 WRITE_BYTES = 256 * 1024
+
+
+LOG_GROWTH = math.log(1.01)
+
+
+class Trace:
+    """Diagnostic, off unless DUCKCAST_FANOUT_TRACE names a directory (loadtests.fanout
+    --trace sets it): this worker's cumulative latency histograms, rewritten to <dir>/<pid>.json
+    every second in loadtests/fanout/stats.py's format (buckets ~1% wide, ms). `publish`: commit
+    -> the relay appends the event; `write`: commit -> the fan-out writes it to a subscriber's
+    socket (one sample per delivery); `hold`: append -> the wake-up that releases it (the flush
+    interval); `slice`: wake-up -> a fan-out slice starts; `turn`: a slice's duration; `lag`: a
+    100 Hz timer's lateness (how long anything ready waits for the loop)."""
+
+    NAMES = ("publish", "write", "hold", "slice", "turn", "lag")
+    PERIOD = 0.01
+
+    def __init__(self, directory: str) -> None:
+        self.path = os.path.join(directory, f"{os.getpid()}.json")
+        self.hists: dict[str, dict[str, Any]] = {
+            n: {"buckets": {}, "n": 0, "max": None} for n in self.NAMES
+        }
+        self._due = 0.0
+
+    def add(self, name: str, ms: float, n: int = 1) -> None:
+        h = self.hists[name]
+        b = 0 if not ms > 0.01 else min(2399, 1 + math.floor(math.log(ms / 0.01) / LOG_GROWTH))
+        buckets = h["buckets"]
+        buckets[b] = buckets.get(b, 0) + n
+        h["n"] += n
+        if h["max"] is None or ms > h["max"]:
+            h["max"] = ms
+
+    def start(self) -> None:
+        self._due = time.monotonic() + self.PERIOD
+        asyncio.get_running_loop().call_later(self.PERIOD, self._tick)
+        self._save()
+
+    def _tick(self) -> None:
+        # monotonic, not loop.time(): uvloop's clock has millisecond steps
+        now = time.monotonic()
+        self.add("lag", (now - self._due) * 1000)
+        self._due = now + self.PERIOD
+        asyncio.get_running_loop().call_later(self.PERIOD, self._tick)
+
+    def _save(self) -> None:
+        tmp = self.path + ".tmp"
+        with open(tmp, "wb") as f:
+            f.write(orjson.dumps(self.hists, option=orjson.OPT_NON_STR_KEYS))
+        os.replace(tmp, self.path)
+        asyncio.get_running_loop().call_later(1.0, self._save)
+
+
+_trace_dir = os.environ.get("DUCKCAST_FANOUT_TRACE")
+TRACE: Trace | None = Trace(_trace_dir) if _trace_dir else None
 
 
 class EncodedEvent:
@@ -85,6 +147,7 @@ class EncodedEvent:
         "_sse",
         "_ws_binary",
         "_ws_text",
+        "appended",
         "commit_time",
         "event",
         "seq",
@@ -102,6 +165,7 @@ class EncodedEvent:
             if event.type in (pb.CREATED, pb.UPDATED)
             else 0.0
         )
+        self.appended = 0.0  # monotonic time the ring appended it (Trace only)
         self._sse: bytes | None = None
         self._json: str | None = None
         self._proto: bytes | None = None
@@ -292,6 +356,7 @@ class Ring:
         stall_seconds: float = 2.0,
         page_bytes: int = 4 * MiB,
         page_cache_bytes: int = 16 * MiB,
+        fanout_turn: float = FANOUT_TURN,
     ) -> None:
         self.max_events = max_events
         self.max_bytes = max_bytes
@@ -306,6 +371,7 @@ class Ring:
         self._skip = 0  # entries trimmed from the front of _events (None), not yet compacted
         self._bytes = 0
         self._flush_interval = flush_interval
+        self._fanout_turn = fanout_turn
         self._keepalive = keepalive
         self._cursors: set[Cursor] = set()
         self._ending: set[Cursor] = set()  # dropped, but their stream has not ended yet
@@ -318,6 +384,8 @@ class Ring:
         self._fanout: asyncio.Task[None] | None = None
         self._fanout_again = False  # a wake-up came while the fan-out task was running
         self._keepalive_due = False
+        self._trace_seq = 0  # Trace: the head at the last wake-up
+        self._trace_wake = 0.0  # Trace: monotonic time of the last wake-up
 
     # -- the producer (the relay) --------------------------------------------------------------
 
@@ -331,12 +399,17 @@ class Ring:
                 loop.call_later(self._keepalive, self._tick),
                 loop.call_later(self._sweep_interval, self._sweep),
             ]
+            if TRACE is not None:
+                TRACE.start()
 
     def publish(self, events: list[pb.DomainEvent]) -> None:
         for event in events:
             if event.seq != self.seq + 1:  # the relay repairs gaps first; never trust a gap
                 self._restart(event.seq - 1)
             encoded = EncodedEvent(event)
+            if TRACE is not None and encoded.commit_time:
+                TRACE.add("publish", (time.time() - encoded.commit_time) * 1000)
+                encoded.appended = time.monotonic()
             self._events.append(encoded)
             self._bytes += encoded.size * 3 + EVENT_OVERHEAD
             self.seq = event.seq
@@ -500,6 +573,12 @@ class Ring:
             self._flush_handle = None
         self._unflushed = 0
         self._last_wake = asyncio.get_running_loop().time()
+        if TRACE is not None:
+            self._trace_wake = now = time.monotonic()
+            for ev in self.after(max(self._trace_seq, self.first - 1), MAX_PAGE) or ():
+                if ev.appended:
+                    TRACE.add("hold", (now - ev.appended) * 1000)
+            self._trace_seq = self.seq
         fut, self._wakeup = self._wakeup, None
         if fut is not None and not fut.done():
             fut.set_result(None)
@@ -511,16 +590,30 @@ class Ring:
             self._fanout_again = True
 
     async def _fan_out(self) -> None:
-        """Write what is new to every parked stream, FANOUT_SLICE streams at a time."""
+        """Write what is new to every parked stream, yielding the loop every FANOUT_SLICE
+        streams or `fanout_turn` seconds."""
         try:
             while True:
                 self._fanout_again = False
                 keepalive, self._keepalive_due = self._keepalive_due, False
                 delivered = {"sse": 0, "ws": 0}
                 oldest: EncodedEvent | None = None
-                for i, cursor in enumerate(list(self._parked)):
-                    if i and i % FANOUT_SLICE == 0:
+                began = time.monotonic()
+                if TRACE is not None:
+                    TRACE.add("slice", (began - self._trace_wake) * 1000)
+                written = 0  # in this turn
+                for cursor in list(self._parked):
+                    if written == FANOUT_SLICE or (
+                        written and time.monotonic() - began >= self._fanout_turn
+                    ):
+                        if TRACE is not None:
+                            TRACE.add("turn", (time.monotonic() - began) * 1000)
                         await asyncio.sleep(0)
+                        began = time.monotonic()
+                        written = 0
+                        if TRACE is not None:
+                            TRACE.add("slice", (began - self._trace_wake) * 1000)
+                    written += 1
                     if cursor.parked is None:  # unparked or dropped meanwhile
                         continue
                     pusher = cursor.pusher
@@ -543,12 +636,19 @@ class Ring:
                             continue
                         if oldest is None:
                             oldest = events[0]
+                        if TRACE is not None:
+                            now = time.time()
+                            for ev in events[:n]:
+                                if ev.commit_time:
+                                    TRACE.add("write", (now - ev.commit_time) * 1000)
                         delivered[cursor.transport] = delivered.get(cursor.transport, 0) + n
                         if n < len(events):
                             last = events[n - 1].seq
                     cursor.seq = last
                     if last < self.seq:  # more than one write behind: its coroutine catches up
                         self._unpark(cursor)
+                if TRACE is not None:
+                    TRACE.add("turn", (time.monotonic() - began) * 1000)
                 self._count(delivered, oldest)
                 if not self._fanout_again:
                     return

@@ -86,6 +86,29 @@ def test_latency_buckets_agree_with_the_node_clients() -> None:
     assert got == [bucket(v) for v in values]
 
 
+def test_the_server_trace_buckets_agree_with_the_benchmark_and_its_deltas_read_right() -> None:
+    """service/realtime/ring.py's Trace (--trace) counts in stats.py's buckets, and the
+    orchestrator's delta of two cumulative readings is what was added between them."""
+    from loadtests.fanout.phases import trace_delta
+    from service.realtime.ring import Trace
+
+    values = [-3.0, 0.0, 0.01, 0.0101, 0.5, 1.0, 7.3, 99.9, 100.0, 2500.0, 1e9]
+    trace = Trace("/nonexistent")
+    for v in values:
+        trace.add("write", v)
+    expected: dict[int, int] = {}
+    for v in values:
+        expected[bucket(v)] = expected.get(bucket(v), 0) + 1
+    assert trace.hists["write"]["buckets"] == expected
+    before = json.loads(json.dumps(trace.hists))
+    for ms in range(1, 1001):
+        trace.add("write", float(ms))
+    after = json.loads(json.dumps(trace.hists))
+    got = trace_delta({"write": [before["write"]]}, {"write": [after["write"]]})["write"]
+    assert got["n"] == 1000 and got["n_by_worker"] == [1000]
+    assert abs(got["p50"] - 500) <= 5 and abs(got["p99"] - 990) <= 10
+
+
 def test_percentiles_of_a_node_histogram_are_within_one_percent() -> None:
     hist = node_eval(
         """

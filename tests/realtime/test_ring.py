@@ -7,6 +7,7 @@ the socket, in order."""
 from __future__ import annotations
 
 import asyncio
+import math
 import time
 from typing import Any
 
@@ -384,8 +385,8 @@ async def test_the_fan_out_yields_to_the_event_loop_between_slices() -> None:
     """A wake-up writes to parked streams FANOUT_SLICE at a time and lets the event loop run
     between slices: a callback made ready during the first slice (a request's I/O, say) runs
     after FANOUT_SLICE writes, not after all of them. Each stream gets one write per wake-up
-    and its coroutine is not resumed."""
-    ring = started()
+    and its coroutine is not resumed. (No time bound here: the count alone decides.)"""
+    ring = started(fanout_turn=math.inf)
     streams = await parked(3 * FANOUT_SLICE, ring)
     seen: list[int] = []
     loop = asyncio.get_running_loop()
@@ -400,6 +401,35 @@ async def test_the_fan_out_yields_to_the_event_loop_between_slices() -> None:
         await s.settled(2)
     assert seen == [FANOUT_SLICE]
     assert all(s.pushed == 1 and s.writes == 0 and seqs(s.got) == [1, 2] for s in streams)
+
+
+async def test_a_fan_out_turn_is_bounded_in_time_so_a_request_gets_through() -> None:
+    """However few subscribers a turn has written, once it has run `fanout_turn` seconds the
+    fan-out yields: a callback made ready during the first write (a request's I/O, a store
+    reply) runs after the writes that fit in that time, not after FANOUT_SLICE slow ones.
+    Here each write takes at least 1 ms and a turn 3 ms, so it runs after at most 4 writes."""
+    ring = started(fanout_turn=0.003)
+    streams = await parked(FANOUT_SLICE, ring)
+    seen: list[int] = []
+    loop = asyncio.get_running_loop()
+
+    def slow_write() -> None:  # a socket write that takes 1 ms of the loop's time
+        end = time.monotonic() + 0.001
+        while time.monotonic() < end:
+            pass
+
+    def first_push() -> None:
+        slow_write()
+        loop.call_soon(lambda: seen.append(sum(s.pushed for s in streams)))
+
+    streams[0].on_push = first_push
+    for s in streams[1:]:
+        s.on_push = slow_write
+    ring.publish([pb.DomainEvent(type=pb.CREATED, seq=1)])
+    for s in streams:
+        await s.settled(1)
+    assert 1 <= seen[0] <= 4
+    assert all(s.pushed == 1 and s.writes == 0 and seqs(s.got) == [1] for s in streams)
 
 
 async def test_a_parked_stream_whose_socket_is_full_blocks_in_its_own_write_and_is_swept() -> None:
