@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import io
 import json
 import logging
@@ -12,11 +13,15 @@ from datetime import UTC, datetime
 import pytest
 
 from service.logging import (
+    FLUSH_CHARS,
+    FLUSH_SECONDS,
     REQUEST,
     AccessLog,
+    BufferedStreamHandler,
     JsonFormatter,
     RepeatFilter,
     RequestContext,
+    flush_logs,
     logging_config,
     note_user,
 )
@@ -194,3 +199,71 @@ def test_level_setting_drops_lower_records(captured: tuple[io.StringIO, logging.
     logging.getLogger("duckcast.access").info("GET / 200")
     log.warning("kept")
     assert [line["message"] for line in lines(stream)] == ["kept"]
+
+
+class CountingStream(io.StringIO):
+    """A stream that counts its writes (each is a system call on a real stderr)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.writes = 0
+        self.written = asyncio.Event()
+
+    def write(self, text: str) -> int:
+        self.writes += 1
+        self.written.set()
+        return super().write(text)
+
+
+def test_info_lines_on_an_event_loop_leave_in_one_write_in_order() -> None:
+    """On an event loop, INFO lines are held and written together by the flush timer, in
+    order; a warning is written at once, after the lines held before it."""
+    stream = CountingStream()
+    handler = BufferedStreamHandler(stream)
+    handler.setFormatter(logging.Formatter("%(message)s"))
+
+    async def scenario() -> None:
+        for n in range(50):
+            handler.handle(record(f"GET {n}", level=logging.INFO))
+        assert stream.writes == 0 and stream.getvalue() == ""
+        await asyncio.wait_for(stream.written.wait(), timeout=FLUSH_SECONDS + 10)  # the timer
+        assert stream.writes == 1
+        assert stream.getvalue().splitlines() == [f"GET {n}" for n in range(50)]
+        handler.handle(record("GET 50", level=logging.INFO))
+        handler.handle(record("store down"))  # WARNING: now, after the line held before it
+        assert stream.writes == 2
+        assert stream.getvalue().splitlines()[-2:] == ["GET 50", "store down"]
+
+    asyncio.run(scenario())
+
+
+def test_held_lines_are_written_by_flush_and_without_a_loop_at_once() -> None:
+    """flush() (a graceful stop: the lifespan, logging.shutdown at exit) writes what is held;
+    a thread with no event loop (gunicorn's master, the supervisor) writes every line at once."""
+    stream = CountingStream()
+    handler = BufferedStreamHandler(stream)
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    handler.handle(record("no loop", level=logging.INFO))
+    assert stream.getvalue() == "no loop\n"
+
+    async def scenario() -> None:
+        handler.handle(record("held", level=logging.INFO))
+        assert "held" not in stream.getvalue()
+        flush_logs()
+        assert stream.getvalue().splitlines() == ["no loop", "held"]
+
+    asyncio.run(scenario())
+
+
+def test_a_batch_is_written_once_it_reaches_its_size() -> None:
+    stream = CountingStream()
+    handler = BufferedStreamHandler(stream)
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    line = "x" * 1000
+
+    async def scenario() -> None:
+        for _ in range(FLUSH_CHARS // 1001 + 1):
+            handler.handle(record(line, level=logging.INFO))
+        assert stream.writes == 1
+
+    asyncio.run(scenario())

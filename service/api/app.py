@@ -29,6 +29,7 @@ from service.api.throttle import LoginLimits, LoginThrottle, MemoryCounts, Redis
 from service.backplane import Backplane, backplane_from_url
 from service.config import Settings
 from service.keys import Keys, load_keys
+from service.logging import flush_logs
 from service.metrics import preinitialise_routes
 from service.realtime.readcache import ReadCache
 from service.realtime.relay import EventRelay
@@ -101,6 +102,7 @@ def create_app(
             if isinstance(failures, RedisCounts):
                 await failures.close()
             hashing.close()
+            flush_logs()  # the access lines of the last requests (service.logging)
 
     app = DuckcastApp(
         edge=functools.partial(

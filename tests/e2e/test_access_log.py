@@ -1,0 +1,35 @@
+"""The access log under gunicorn: lines are written in batches (service.logging), and a
+graceful stop loses none of them."""
+
+from __future__ import annotations
+
+import json
+import signal
+
+import httpx
+import pytest
+
+from tests.conftest import RedisServer
+from tests.e2e.conftest import Deployment
+
+pytestmark = pytest.mark.e2e
+
+REQUESTS = 300
+
+
+def test_a_graceful_stop_writes_every_access_line(
+    deployment: Deployment, redis_server: RedisServer
+) -> None:
+    """Requests to both workers, then SIGTERM at once (their last lines are still held by
+    the handlers, at most 100 ms old): every request has its line after the stop."""
+    api = deployment.serve(workers=2, REDIS_URL=redis_server.url)
+    ids = [f"stop-{n}" for n in range(REQUESTS)]
+    with httpx.Client(base_url=api.url, timeout=10) as client:
+        for request_id in ids:
+            r = client.get("/healthz", headers={"X-Request-ID": request_id})
+            assert r.status_code == 200
+    api.signal(signal.SIGTERM)
+    assert api.wait(timeout=30) == 0, api.log_tail()
+    records = [json.loads(line) for line in api.stderr_path.read_text().splitlines() if line]
+    access = [r["request_id"] for r in records if r["logger"] == "duckcast.access"]
+    assert sorted(i for i in access if i.startswith("stop-")) == sorted(ids)
