@@ -12,15 +12,13 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 from fastapi import FastAPI
-from fastapi.middleware.asyncexitstack import AsyncExitStackMiddleware
 from fastapi.routing import APIRoute
-from starlette.middleware.exceptions import ExceptionMiddleware
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from service import redaction
 from service.api import errors
 from service.api.auth import RevokedTokens, TokenSigner
-from service.api.edge import Edge
+from service.api.edge import Edge, ExceptionLayer
 from service.api.hashing import PasswordHashing
 from service.api.revocation import RevocationSync
 from service.api.routes import docs, events, items, ops, uploads, users
@@ -187,8 +185,8 @@ class DuckcastApp(FastAPI):
         # middleware inwards; the 500 / Exception handler is ServerErrorMiddleware's, and Edge's
         # job here.
         handlers = {k: v for k, v in self.exception_handlers.items() if k not in (500, Exception)}
-        app: ASGIApp = AsyncExitStackMiddleware(self.router)  # closes uploaded files
-        app = ExceptionMiddleware(app, handlers=handlers, debug=self.debug)
+        # Starlette's ExceptionMiddleware and FastAPI's AsyncExitStackMiddleware in one frame
+        app: ASGIApp = ExceptionLayer(self.router, handlers)
         for cls, args, kwargs in reversed(self.user_middleware):
             app = cls(app, *args, **kwargs)
         return self.edge(app)

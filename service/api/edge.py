@@ -30,15 +30,22 @@ length is not already bounded by the HTTP/1 framing. What it does, outermost fir
 
 from __future__ import annotations
 
+import inspect
 import logging
 import os
 import re
 import time
+from collections.abc import Callable
+from contextlib import AsyncExitStack
 from typing import Any
 
 from prometheus_client.metrics import Counter, Histogram
+from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException, WebSocketException
+from starlette.middleware.exceptions import ExceptionMiddleware
 from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.websockets import WebSocket
 
 from service.api.errors import refuse
 from service.api.negotiation import render_error
@@ -256,3 +263,129 @@ def _relative_location(scope: Scope, location: bytes) -> bytes:
             if rest[:1] in (b"/", b""):
                 return b"/" + rest.lstrip(b"/")  # never "//host": protocol-relative
     return location
+
+
+class _FileStack(AsyncExitStack):
+    """FastAPI's per-request stack for uploaded files (`fastapi_middleware_astack`), closed
+    only if something was put on it: a lean handler's request never does."""
+
+    used = False
+
+    def push(self, exit: Any) -> Any:
+        self.used = True
+        return super().push(exit)
+
+    def enter_context(self, cm: Any) -> Any:
+        self.used = True
+        return super().enter_context(cm)
+
+    def callback(self, callback: Any, /, *args: Any, **kwds: Any) -> Any:
+        self.used = True
+        return super().callback(callback, *args, **kwds)
+
+    async def enter_async_context(self, cm: Any) -> Any:
+        self.used = True
+        return await super().enter_async_context(cm)
+
+    def push_async_exit(self, exit: Any) -> Any:
+        self.used = True
+        return super().push_async_exit(exit)
+
+    def push_async_callback(self, callback: Any, /, *args: Any, **kwds: Any) -> Any:
+        self.used = True
+        return super().push_async_callback(callback, *args, **kwds)
+
+
+class ExceptionLayer:
+    """The app's exception handlers around the router, in the place of Starlette's
+    ExceptionMiddleware and FastAPI's AsyncExitStackMiddleware (service.api.app), doing what
+    they do in one frame, with no Request, closures or exit stack made for a request that
+    raises nothing:
+
+    - an exception from routing or a route is answered by the handler registered for its
+      status (HTTPException) or for the nearest class in its MRO, as Starlette looks them up,
+      Starlette's own defaults for HTTPException and WebSocketException beneath the app's; an
+      exception with no handler, or raised once the response has started, goes on up (to
+      Edge: logged, 500);
+    - `starlette.exception_handlers` in the scope, for the handling inside each route
+      (FastAPI's request_response);
+    - `fastapi_middleware_astack`, the stack FastAPI closes uploaded files on, closed when the
+      route returns (before an exception is answered, as before).
+
+    Whether the response has started is read from Edge's `_Answer` when it is this layer's
+    `send` (no middleware in between), else noted by a wrapper of `send`."""
+
+    def __init__(self, app: ASGIApp, handlers: dict[Any, Callable[..., Any]]) -> None:
+        self.app = app
+        defaults = ExceptionMiddleware(app)
+        exceptions: dict[Any, Callable[..., Any]] = {
+            HTTPException: defaults.http_exception,
+            WebSocketException: defaults.websocket_exception,
+        }
+        statuses: dict[int, Callable[..., Any]] = {}
+        for key, handler in handlers.items():
+            if isinstance(key, int):
+                statuses[key] = handler
+            else:
+                exceptions[key] = handler
+        self.exceptions, self.statuses = exceptions, statuses
+        self.tables = (exceptions, statuses)
+
+    def handler_for(self, exc: Exception) -> Callable[..., Any] | None:
+        if isinstance(exc, HTTPException):
+            handler = self.statuses.get(exc.status_code)
+            if handler is not None:
+                return handler
+        for cls in type(exc).__mro__:
+            handler = self.exceptions.get(cls)
+            if handler is not None:
+                return handler
+        return None
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "lifespan":
+            await self.app(scope, receive, send)
+            return
+        scope["starlette.exception_handlers"] = self.tables
+        files = _FileStack()
+        scope["fastapi_middleware_astack"] = files
+        answer = send if isinstance(send, _Answer) else _Started(send)
+        try:
+            try:
+                await self.app(scope, receive, answer)
+            finally:
+                if files.used:
+                    await files.aclose()
+        except Exception as exc:
+            handler = self.handler_for(exc)
+            if handler is None:
+                raise
+            if answer.started:
+                raise RuntimeError("handled exception, but the response had started") from exc
+            conn: Request | WebSocket = (
+                Request(scope, receive, send)
+                if scope["type"] == "http"
+                else WebSocket(scope, receive, send)
+            )
+            if inspect.iscoroutinefunction(handler):
+                response = await handler(conn, exc)
+            else:
+                response = await run_in_threadpool(handler, conn, exc)
+            if response is not None:
+                await response(scope, receive, answer)
+
+
+class _Started:
+    """`send`, noting whether the response has started (a middleware sits between Edge and
+    the exception layer)."""
+
+    __slots__ = ("_send", "started")
+
+    def __init__(self, send: Send) -> None:
+        self._send = send
+        self.started = False
+
+    async def __call__(self, message: Message) -> None:
+        if message["type"] == "http.response.start":
+            self.started = True
+        await self._send(message)

@@ -12,10 +12,11 @@ from typing import Any
 
 import httpx
 import pytest
-from fastapi import FastAPI
+from fastapi import FastAPI, UploadFile
 from httpx_sse import aconnect_sse
 from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response
+from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from websockets.asyncio.client import connect
 
@@ -287,3 +288,89 @@ def test_a_root_path_is_a_path_prefix(tmp_path: Path) -> None:
     for bad in ("dc", "/dc/", "//"):
         with pytest.raises(ValueError, match="root_path"):
             Settings(data_dir=tmp_path, root_path=bad)
+
+
+class Stamp:
+    """A middleware that marks every answer it sees."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        async def stamped(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                message["headers"] = [*message.get("headers", ()), (b"x-stamp", b"1")]
+            await send(message)
+
+        await self.app(scope, receive, stamped)
+
+
+async def test_a_middleware_sees_the_exception_handlers_answers(tmp_path: Path) -> None:
+    """The exception handlers run inside every middleware (service.api.edge.ExceptionLayer):
+    a 401 from a lean handler, a 404 from the router and a 422 from FastAPI's validation
+    pass through a middleware the app added, as its own answers do."""
+    application = create_app(Settings(data_dir=tmp_path / "d"))
+    application.add_middleware(Stamp)
+    async with application.router.lifespan_context(application):
+        transport = httpx.ASGITransport(app=application)
+        async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+            token = application.state.signer.issue(
+                (await application.state.store.create_user("u", "h")).id
+            ).value
+            auth = {"Authorization": f"Bearer {token}"}
+            answers = [
+                await client.get("/api/items/1"),  # no token: 401 from the lean handler
+                await client.get("/no/such/route"),  # 404 from the router
+                await client.get("/api/items/1", headers=auth),  # 404 from the store
+                await client.get("/api/items?limit=0", headers=auth),  # 422
+            ]
+    assert [r.status_code for r in answers] == [401, 404, 404, 422]
+    assert all(r.headers.get("x-stamp") == "1" for r in answers)
+    assert all(r.headers["content-type"] == "application/json" for r in answers)
+
+
+async def test_an_error_after_the_response_started_is_not_answered_again(
+    tmp_path: Path,
+) -> None:
+    """A handled exception raised once the response has started cannot be answered: it goes
+    on to Edge, which logs it, and the client gets the response as it was started."""
+    application = create_app(Settings(data_dir=tmp_path / "d"))
+
+    class Half:  # a plain ASGI endpoint, as the lean handlers are: no route-level handling
+        async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+            await send({"type": "http.response.start", "status": 200, "headers": []})
+            raise NotFound("too late")
+
+    application.router.routes.insert(0, Route("/half", Half()))
+    sent: list[Message] = []
+
+    async def send(message: Message) -> None:
+        sent.append(message)
+
+    async def receive() -> Message:
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    async with application.router.lifespan_context(application):
+        scope = asgi_scope("http", "/half", b"", [(b"host", b"t")], method="GET")
+        await application(scope, receive, send)
+    assert [m["type"] for m in sent] == ["http.response.start"]
+    assert sent[0]["status"] == 200
+
+
+async def test_uploaded_files_are_closed_after_the_request(tmp_path: Path) -> None:
+    """FastAPI puts a request's form on the exception layer's file stack, closed when the route
+    returns (the uploaded file's spool is released)."""
+    application = create_app(Settings(data_dir=tmp_path / "d"))
+    kept: list[UploadFile] = []
+
+    @application.post("/spool")
+    async def spool(file: UploadFile) -> dict[str, bool]:
+        kept.append(file)
+        return {"open": not file.file.closed}
+
+    async with application.router.lifespan_context(application):
+        transport = httpx.ASGITransport(app=application)
+        async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+            r = await client.post("/spool", files={"file": ("a.txt", b"abc")})
+    assert r.json() == {"open": True}
+    assert kept[0].file.closed
