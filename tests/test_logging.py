@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import io
 import json
 import logging
@@ -267,3 +268,82 @@ def test_a_batch_is_written_once_it_reaches_its_size() -> None:
         assert stream.writes == 1
 
     asyncio.run(scenario())
+
+
+ACCESS_ARGS = ("GET", "/api/items/{item_id}", 200, 0.25)
+ACCESS_FIELDS = {
+    "method": "GET",
+    "route": "/api/items/{item_id}",
+    "status": 200,
+    "duration_ms": 0.25,
+    "request_id": "r-1",
+    "user_id": None,
+}
+
+
+@contextlib.contextmanager
+def ours_alone() -> Iterator[BufferedStreamHandler]:
+    """The root's handlers as a process has them: pytest's capture handlers (added for each
+    test phase) taken off for a moment."""
+    saved = logging.root.handlers[:]
+    ours = [h for h in saved if isinstance(h, BufferedStreamHandler)]
+    logging.root.handlers[:] = ours
+    try:
+        yield ours[0]
+    finally:
+        logging.root.handlers[:] = saved
+
+
+def test_an_access_line_made_without_a_record_is_the_records_line(
+    captured: tuple[io.StringIO, logging.Logger],
+) -> None:
+    """With this module's setup AccessLog formats the line itself (no record): the same JSON
+    as the record path gives, and JsonFormatter.line() is format() to the byte."""
+    stream, _ = captured
+    access = logging.getLogger("duckcast.access")
+    made: list[str] = []
+    with ours_alone() as handler:
+        add_line = handler.add_line
+        handler.add_line = lambda line: (made.append(line), add_line(line))  # type: ignore[method-assign]
+        try:
+            AccessLog().log("%s %s %d %.1fms", ACCESS_ARGS, ACCESS_FIELDS)  # no record
+        finally:
+            del handler.add_line
+    assert len(made) == 1
+    seen: list[logging.LogRecord] = []
+
+    def keep(record: logging.LogRecord) -> bool:
+        seen.append(record)
+        return True
+
+    access.addFilter(keep)  # anything on the way: the record path
+    try:
+        with ours_alone():
+            AccessLog().log("%s %s %d %.1fms", ACCESS_ARGS, ACCESS_FIELDS)
+    finally:
+        access.removeFilter(keep)
+    direct, by_record = stream.getvalue().splitlines()
+    (record_,) = seen
+    assert json.loads(direct) | {"time": 0} == json.loads(by_record) | {"time": 0}
+    formatter = JsonFormatter()
+    expected = formatter.line(
+        record_.created, record_.name, record_.getMessage(), record_.process or 0, ACCESS_FIELDS
+    )
+    assert expected == formatter.format(record_) == by_record
+
+
+def test_a_filter_added_to_the_handler_sees_every_access_record(
+    captured: tuple[io.StringIO, logging.Logger],
+) -> None:
+    """A filter added at run time to the handler (or a logger on the way) gets the record, as
+    logging promises: the direct line is only for the setup whose filters change nothing."""
+    stream, _ = captured
+
+    def tag(record: logging.LogRecord) -> bool:
+        record.tagged = True
+        return True
+
+    with ours_alone() as handler:
+        handler.addFilter(tag)
+        AccessLog().log("%s %s %d %.1fms", ACCESS_ARGS, ACCESS_FIELDS)
+    assert lines(stream)[-1]["tagged"] is True
