@@ -14,6 +14,7 @@ import httpx
 import pytest
 from fastapi import FastAPI, UploadFile
 from httpx_sse import aconnect_sse
+from prometheus_client import REGISTRY
 from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response
 from starlette.routing import Route
@@ -374,3 +375,59 @@ async def test_uploaded_files_are_closed_after_the_request(tmp_path: Path) -> No
             r = await client.post("/spool", files={"file": ("a.txt", b"abc")})
     assert r.json() == {"open": True}
     assert kept[0].file.closed
+
+
+HITS = "duckcast_read_cache_requests_total"
+
+
+class AppendInPlace:
+    """A middleware that adds a header to the answer's own list, as MutableHeaders does."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        async def add(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                message["headers"].append((b"x-added", b"1"))
+            await send(message)
+
+        await self.app(scope, receive, add)
+
+
+async def test_a_cached_answers_head_is_made_once_and_never_shared(tmp_path: Path) -> None:
+    """A read from the worker's cache answers the head Response() would make (ETag, length,
+    type, in its order), kept with the entry; a middleware that changes the answer's header
+    list in place changes that answer only."""
+    application = create_app(Settings(data_dir=tmp_path / "d"))
+    application.add_middleware(AppendInPlace)
+    async with application.router.lifespan_context(application):
+        transport = httpx.ASGITransport(app=application)
+        async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+            token = application.state.signer.issue(
+                (await application.state.store.create_user("u", "h")).id
+            ).value
+            auth = {"Authorization": f"Bearer {token}"}
+            item = (await client.post("/api/items", json={"title": "t"}, headers=auth)).json()
+            proto = {**auth, "Accept": "application/protobuf"}
+            hits = REGISTRY.get_sample_value(HITS, {"kind": "item", "result": "hit"}) or 0
+            answers = [
+                await client.get(f"/api/items/{item['id']}", headers=headers)
+                for headers in (auth, auth, auth, proto, proto)
+            ]
+            after = REGISTRY.get_sample_value(HITS, {"kind": "item", "result": "hit"}) or 0
+    assert after - hits >= 3  # at least the repeats came from the cache
+    for r in answers:
+        assert r.status_code == 200
+        assert r.headers.get_list("x-added") == ["1"]
+        assert r.headers["etag"] == f'"{item["version"]}"'
+        assert int(r.headers["content-length"]) == len(r.content)
+        own = [k for k, _ in r.headers.raw if k in (b"etag", b"content-length", b"content-type")]
+        assert own == [b"etag", b"content-length", b"content-type"]  # as Response() has them
+    assert [r.headers["content-type"] for r in answers] == [
+        "application/json",
+        "application/json",
+        "application/json",
+        "application/protobuf",
+        "application/protobuf",
+    ]
