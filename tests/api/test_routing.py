@@ -27,6 +27,7 @@ from service.api.routing import SERVER_CONNECTION, StreamEndpoint
 from service.config import Settings
 from service.errors import NotFound
 from service.pb import duckcast_pb2 as pb
+from service.pb import store_pb2 as spb
 from service.wire import ID, LIMIT, LIMIT_DEFAULT, PAGE, PAGE_DEFAULT, QUERY_MAX_LENGTH, STATUSES
 from service.worker import uvicorn_options
 from tests.api.conftest import running
@@ -431,3 +432,25 @@ async def test_a_cached_answers_head_is_made_once_and_never_shared(tmp_path: Pat
         "application/protobuf",
         "application/protobuf",
     ]
+
+
+def test_the_list_query_readings_kept_are_bounded() -> None:
+    """The lean list handler keeps its readings of short query strings only, at most
+    LIST_QUERIES of them, and a kept reading is the reading (test_fastpath.py compares the
+    answers with the declared endpoint's for generated query strings)."""
+    from service.api.routes import items
+
+    def read(raw: bytes) -> spb.ListItems | None:
+        scope = asgi_scope("http", "/api/items", raw, [], method="GET")
+        return items._list_query(Request(scope))
+
+    items._list_queries.clear()
+    first = read(b"limit=20")
+    assert first is not None and first.limit == 20 and read(b"limit=20") is first
+    assert read(b"limit=0") is None and b"limit=0" in items._list_queries
+    long = b"q=" + b"x" * items.LIST_QUERY_KEPT_BYTES
+    assert read(long) is not None and long not in items._list_queries
+    for n in range(3 * items.LIST_QUERIES):
+        assert read(b"limit=%d" % (n % 100 + 1)) is not None
+        read(b"page=%d" % (n + 1))
+    assert len(items._list_queries) <= items.LIST_QUERIES

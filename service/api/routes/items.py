@@ -240,7 +240,28 @@ async def _lean_get(scope: Scope, receive: Receive, send: Send) -> bool:
     return True
 
 
+# The lean list handler's reading of a query string, by its raw bytes: clients repeat the same
+# few (`limit=20`), and the reading is a pure function of them. Short ones only, and at most
+# LIST_QUERIES of them (cleared when full): a client sending endless variants costs a parse each.
+# The messages kept are never changed (the store client copies what it sends).
+LIST_QUERIES = 256
+LIST_QUERY_KEPT_BYTES = 64
+_list_queries: dict[bytes, spb.ListItems | None] = {}
+
+
 def _list_query(request: Request) -> spb.ListItems | None:
+    raw: bytes = request.scope["query_string"]
+    if raw in _list_queries:
+        return _list_queries[raw]
+    query = _read_list_query(request)
+    if len(raw) <= LIST_QUERY_KEPT_BYTES:
+        if len(_list_queries) >= LIST_QUERIES:
+            _list_queries.clear()
+        _list_queries[raw] = query
+    return query
+
+
+def _read_list_query(request: Request) -> spb.ListItems | None:
     query = spb.ListItems(page=PAGE_DEFAULT, limit=LIMIT_DEFAULT)
     for name, value in request.query_params.multi_items():
         bounds = LIST_INTS.get(name)
