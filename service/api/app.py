@@ -167,10 +167,11 @@ class DuckcastApp(FastAPI):
     service.metrics) and its body limit (Edge limits bodies), so neither may be configured.
 
     A middleware added with `add_middleware` sits inside Edge, around every route (the last
-    added outermost, as in FastAPI), and outside the exception handlers, so it sees their
-    answers. Also the one thing no middleware can see: the server's own `send`, which the
-    stream handlers need (the disconnect flag, aborting a stalled transport); it rides in the
-    scope (service.api.routing.StreamEndpoint)."""
+    added outermost, as in FastAPI), and outside the exception handlers (ExceptionLayer, in
+    the place of Starlette's ExceptionMiddleware and FastAPI's AsyncExitStackMiddleware), so
+    it sees their answers. Also the one thing no middleware can see: the server's own `send`,
+    which the stream handlers need (the disconnect flag, aborting a stalled transport); it
+    rides in the scope (service.api.routing.StreamEndpoint)."""
 
     def __init__(self, *, edge: Callable[[ASGIApp], ASGIApp], **kwargs: Any) -> None:
         if kwargs.get("max_body_size") is not None or "telemetry" in kwargs:
