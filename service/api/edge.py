@@ -8,7 +8,9 @@ length is not already bounded by the HTTP/1 framing. What it does, outermost fir
 - Observes every HTTP request: a request id (`X-Request-ID`: the caller's when it is 1-128
   characters of `[A-Za-z0-9._:/+=-]` and nothing the log redaction would hide, else made),
   returned on the response and set on every log record written meanwhile
-  (service.logging.REQUEST); counted and timed by route *template*; one access log line
+  (service.logging.REQUEST); counted and timed by route *template*, as the answer's last
+  part is handed to the server (so before it leaves: a client that has its answer finds it
+  counted on /metrics, whichever worker answers that); one access log line
   (`duckcast.access`, INFO; `DUCKCAST_ACCESS_LOG=false` turns it off): method, route template,
   status, duration, request id, user id. Never the raw path or query string (`?token=` is
   accepted on streams) and never a header value. Event streams get a request id but are
@@ -133,7 +135,7 @@ class Edge:
         context = RequestContext(request_id or os.urandom(16).hex())  # as uuid4().hex, cheaper
         token = REQUEST.set(context)
         path = route_path(scope)
-        answer = _Answer(scope, send, context.request_id, path.startswith("/api/"))
+        answer = _Answer(self, scope, send, context.request_id, path.startswith("/api/"), started)
         try:
             limit = self.body_limits.get(path, self.max_body)
             refusal = _refusal(scope["query_string"], declared, limit)
@@ -151,9 +153,15 @@ class Edge:
         finally:
             REQUEST.reset(token)
             if STREAM_KEY not in scope:
-                self._observe(scope, answer.status, time.perf_counter() - started, context)
+                if answer.elapsed is None:  # no complete answer: counted now
+                    answer.elapsed = time.perf_counter() - started
+                    self._count(scope, answer.status, answer.elapsed)
+                self._log(scope, answer.status, answer.elapsed, context)
 
-    def _observe(self, scope: Scope, status: int, elapsed: float, context: RequestContext) -> None:
+    def _count(self, scope: Scope, status: int, elapsed: float) -> None:
+        """Counted and timed by route template: as an answer's last bytes are handed to the
+        server, before they leave (_Answer), so a client that has its answer and asks for
+        /metrics, from whichever worker, finds it counted."""
         method: str = scope["method"] if scope["method"] in METHODS else "OTHER"
         route = route_of(scope)
         counter = self._counters.get((method, route, status))
@@ -166,7 +174,11 @@ class Edge:
             timer = HTTP_LATENCY.labels(method, route, route_group(route))
             self._timers[(method, route)] = timer
         timer.observe(elapsed)
+
+    def _log(self, scope: Scope, status: int, elapsed: float, context: RequestContext) -> None:
         if self.access_log is not None and self.access_log.enabled():
+            method: str = scope["method"] if scope["method"] in METHODS else "OTHER"
+            route = route_of(scope)
             fields: dict[str, Any] = {
                 "method": method,
                 "route": route,
@@ -180,23 +192,48 @@ class Edge:
 
 
 class _Answer:
-    """The request's one `send` wrapper: notes the status, adds the response headers."""
+    """The request's one `send` wrapper: notes the status, adds the response headers, and
+    has the request counted (Edge._count) just before the answer's last part goes out."""
 
-    __slots__ = ("_id_header", "_private", "_scope", "_send", "started", "status")
+    __slots__ = (
+        "_edge",
+        "_id_header",
+        "_private",
+        "_scope",
+        "_send",
+        "_t0",
+        "elapsed",
+        "started",
+        "status",
+    )
 
-    def __init__(self, scope: Scope, send: Send, request_id: str, private: bool) -> None:
+    def __init__(
+        self, edge: Edge, scope: Scope, send: Send, request_id: str, private: bool, t0: float
+    ) -> None:
+        self._edge = edge
         self._scope = scope
         self._send = send
         self._id_header = (REQUEST_ID_HEADER, request_id.encode("ascii"))
         self._private = private
+        self._t0 = t0
+        self.elapsed: float | None = None  # set once counted
         self.started = False
         self.status = 500  # what the client gets if the app raises before answering
 
     async def __call__(self, message: Message) -> None:
-        if message["type"] == "http.response.start":
+        kind = message["type"]
+        if kind == "http.response.start":
             self.started = True
             self.status = message["status"]
             message["headers"] = self._headers(message.get("headers", ()))
+        elif (
+            kind == "http.response.body"
+            and not message.get("more_body", False)
+            and self.elapsed is None
+            and STREAM_KEY not in self._scope
+        ):
+            self.elapsed = time.perf_counter() - self._t0
+            self._edge._count(self._scope, self.status, self.elapsed)
         await self._send(message)
 
     def _headers(self, headers: Any) -> list[tuple[bytes, bytes]]:
