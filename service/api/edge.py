@@ -153,12 +153,12 @@ class Edge:
         finally:
             REQUEST.reset(token)
             if STREAM_KEY not in scope:
-                if answer.elapsed is None:  # no complete answer: counted now
+                if answer.labels is None:  # no complete answer: counted now
                     answer.elapsed = time.perf_counter() - started
-                    self._count(scope, answer.status, answer.elapsed)
-                self._log(scope, answer.status, answer.elapsed, context)
+                    answer.labels = self._count(scope, answer.status, answer.elapsed)
+                self._log(*answer.labels, answer.status, answer.elapsed, context)
 
-    def _count(self, scope: Scope, status: int, elapsed: float) -> None:
+    def _count(self, scope: Scope, status: int, elapsed: float) -> tuple[str, str]:
         """Counted and timed by route template: as an answer's last bytes are handed to the
         server, before they leave (_Answer), so a client that has its answer and asks for
         /metrics, from whichever worker, finds it counted."""
@@ -174,11 +174,12 @@ class Edge:
             timer = HTTP_LATENCY.labels(method, route, route_group(route))
             self._timers[(method, route)] = timer
         timer.observe(elapsed)
+        return method, route
 
-    def _log(self, scope: Scope, status: int, elapsed: float, context: RequestContext) -> None:
+    def _log(
+        self, method: str, route: str, status: int, elapsed: float, context: RequestContext
+    ) -> None:
         if self.access_log is not None and self.access_log.enabled():
-            method: str = scope["method"] if scope["method"] in METHODS else "OTHER"
-            route = route_of(scope)
             fields: dict[str, Any] = {
                 "method": method,
                 "route": route,
@@ -203,6 +204,7 @@ class _Answer:
         "_send",
         "_t0",
         "elapsed",
+        "labels",
         "started",
         "status",
     )
@@ -216,7 +218,8 @@ class _Answer:
         self._id_header = (REQUEST_ID_HEADER, request_id.encode("ascii"))
         self._private = private
         self._t0 = t0
-        self.elapsed: float | None = None  # set once counted
+        self.elapsed = 0.0
+        self.labels: tuple[str, str] | None = None  # (method, route) once counted
         self.started = False
         self.status = 500  # what the client gets if the app raises before answering
 
@@ -228,12 +231,12 @@ class _Answer:
             message["headers"] = self._headers(message.get("headers", ()))
         elif (
             kind == "http.response.body"
+            and self.labels is None
             and not message.get("more_body", False)
-            and self.elapsed is None
             and STREAM_KEY not in self._scope
         ):
             self.elapsed = time.perf_counter() - self._t0
-            self._edge._count(self._scope, self.status, self.elapsed)
+            self.labels = self._edge._count(self._scope, self.status, self.elapsed)
         await self._send(message)
 
     def _headers(self, headers: Any) -> list[tuple[bytes, bytes]]:
