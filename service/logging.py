@@ -16,6 +16,7 @@ through `logconfig_dict`, uvicorn through `log_config`, the others through `conf
 
 from __future__ import annotations
 
+import asyncio
 import contextvars
 import logging
 import logging.config
@@ -24,6 +25,7 @@ import os
 import sys
 import threading
 import time
+import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -34,6 +36,9 @@ import orjson
 LogFormat = Literal["auto", "json", "text"]
 REPEAT_INTERVAL = 10.0  # seconds
 ACCESS_LOGGER = "duckcast.access"
+# INFO and below wait at most this long, or for this many characters, before their write
+FLUSH_SECONDS = 0.1
+FLUSH_CHARS = 64 * 1024
 
 
 @dataclass(slots=True)
@@ -78,6 +83,12 @@ class AccessLog:
     field is ours (a method from a fixed set, a route *template*, numbers, and a request id
     that passed `redact()` on the way in or was made here). Handlers and filters see the
     record as they would any other.
+
+    With the logging this module configures (JSON lines, one BufferedStreamHandler on the
+    root, its two filters, which pass an access record unchanged) no record is made at all:
+    the line is formatted as JsonFormatter would format the record, byte for byte, and handed
+    to the handler's batch (~5 µs less per line). Any other setup, or one changed at run time
+    (a handler or filter added anywhere on the way), gets the record.
     """
 
     def __init__(self, name: str = ACCESS_LOGGER) -> None:
@@ -93,8 +104,14 @@ class AccessLog:
             base = logging.LogRecord(self.logger.name, logging.INFO, __file__, 0, "", (), None)
             self._template = vars(base)
             self._pid = os.getpid()
-        record = logging.LogRecord.__new__(logging.LogRecord)
         now = time.time()
+        direct = _direct_handler(self.logger)
+        if direct is not None:
+            handler, formatter = direct
+            message = msg % args
+            handler.add_line(formatter.line(now, self.logger.name, message, self._pid, fields))
+            return
+        record = logging.LogRecord.__new__(logging.LogRecord)
         template = self._template
         attributes = record.__dict__
         attributes.update(template)
@@ -169,6 +186,20 @@ class JsonFormatter(logging.Formatter):
     _second = -1
     _second_text = ""
 
+    def line(
+        self, created: float, name: str, message: str, pid: int, fields: dict[str, Any]
+    ) -> str:
+        """What format() makes of an INFO record with these attributes and extra fields."""
+        out: dict[str, Any] = {
+            "time": self._time(created),
+            "level": "INFO",
+            "logger": name,
+            "message": message,
+            "pid": pid,
+        }
+        out.update(fields)
+        return orjson.dumps(out, default=str).decode()
+
     def format(self, record: logging.LogRecord) -> str:
         out: dict[str, Any] = {
             "time": self._time(record.created),
@@ -209,6 +240,127 @@ class TextFormatter(logging.Formatter):
         return line + "".join(f" {k}={v}" for k, v in extras.items()) if extras else line
 
 
+class BufferedStreamHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """A StreamHandler that writes INFO and below in batches: at most FLUSH_SECONDS after the
+    first line of a batch (a timer on the event loop of the thread that logged it), once a
+    batch reaches FLUSH_CHARS, or as soon as a WARNING or worse comes (after the lines before
+    it, in order). Without a running event loop in the logging thread (gunicorn's master, the
+    supervisor, a worker thread) every record is written at once, as StreamHandler does.
+
+    Why: the access log writes a line per request, and a write (and flush) per line was a
+    system call and a fifth of the line's CPU. One write per batch instead.
+
+    Nothing is lost on a graceful stop: `flush()` writes the batch, and `logging.shutdown()`
+    (run at interpreter exit) and `close()` call it; the lifespan's shutdown flushes too. What
+    a crash (SIGKILL, a segfault) loses: the INFO lines of the last FLUSH_SECONDS at most;
+    warnings and errors are never held."""
+
+    def __init__(self, stream: Any = None) -> None:
+        super().__init__(stream)
+        self._batch: list[str] = []
+        self._chars = 0
+        self._timer: asyncio.TimerHandle | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None  # the timer's
+        _BUFFERED.add(self)
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            line = self.format(record)
+        except Exception:
+            self.handleError(record)
+            return
+        self._add(line, urgent=record.levelno >= logging.WARNING)
+
+    def add_line(self, line: str) -> None:
+        """An INFO line its producer formatted (AccessLog): as a record's would be."""
+        with self.lock:  # type: ignore[union-attr]
+            self._add(line, urgent=False)
+
+    def _add(self, line: str, urgent: bool) -> None:
+        line += self.terminator
+        self._batch.append(line)
+        self._chars += len(line)
+        if not urgent and self._chars < FLUSH_CHARS and self._scheduled():
+            return
+        self._write()
+
+    def _scheduled(self) -> bool:
+        """Whether a flush is due on this thread's event loop (scheduled if need be)."""
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            return False
+        if self._timer is None or self._loop is not loop:
+            if self._timer is not None:
+                self._write()  # the batch another loop was to flush: it may never run again
+            self._timer = loop.call_later(FLUSH_SECONDS, self.flush)
+            self._loop = loop
+        return True
+
+    def flush(self) -> None:
+        with self.lock:  # type: ignore[union-attr]
+            self._write()
+
+    def _write(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = self._loop = None
+        if self._batch:
+            text, self._batch, self._chars = "".join(self._batch), [], 0
+            try:
+                self.stream.write(text)
+            except Exception:
+                self.handleError(logging.makeLogRecord({"msg": "a batch of log lines"}))
+        super().flush()
+
+    def _forget(self) -> None:
+        self._batch, self._chars, self._timer, self._loop = [], 0, None, None
+
+
+# The filters logging_config() installs: an access record passes both unchanged (it carries
+# its request id and user id already, and INFO is never held back).
+_PASSING: tuple[type, ...] = (RequestContextFilter, RepeatFilter)
+
+# Every BufferedStreamHandler, so a forked child (gunicorn's workers) can drop the batches it
+# inherited: its parent writes them.
+_BUFFERED: weakref.WeakSet[BufferedStreamHandler] = weakref.WeakSet()
+
+
+def _after_fork_in_child() -> None:
+    for handler in list(_BUFFERED):
+        handler._forget()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+def _direct_handler(logger: logging.Logger) -> tuple[BufferedStreamHandler, JsonFormatter] | None:
+    """The one handler an INFO record of `logger` would reach, with its JSON formatter, if
+    nothing on the way could change or drop it (this module's setup); else None."""
+    node: logging.Logger | None = logger
+    found = None
+    while node is not None:
+        if node.filters or node.disabled:
+            return None
+        for handler in node.handlers:
+            if found is not None or type(handler) is not BufferedStreamHandler:
+                return None
+            formatter = handler.formatter
+            if handler.level > logging.INFO or type(formatter) is not JsonFormatter:
+                return None
+            if not all(type(f) in _PASSING for f in handler.filters):
+                return None
+            found = (handler, formatter)
+        node = node.parent if node.propagate else None
+    return found
+
+
+def flush_logs() -> None:
+    """Write every batched line now (a worker's lifespan calls it as it stops)."""
+    for handler in list(_BUFFERED):
+        handler.flush()
+
+
 def resolve_format(fmt: str) -> Literal["json", "text"]:
     if fmt == "auto":
         return "text" if sys.stderr.isatty() else "json"
@@ -232,7 +384,7 @@ def logging_config(fmt: str = "auto", level: str = "INFO") -> dict[str, Any]:
         "formatters": {"default": formatter},
         "handlers": {
             "stderr": {
-                "class": "logging.StreamHandler",
+                "()": BufferedStreamHandler,
                 "stream": "ext://sys.stderr",
                 "formatter": "default",
                 "filters": list(filters),

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import io
 import json
 import logging
@@ -12,11 +14,15 @@ from datetime import UTC, datetime
 import pytest
 
 from service.logging import (
+    FLUSH_CHARS,
+    FLUSH_SECONDS,
     REQUEST,
     AccessLog,
+    BufferedStreamHandler,
     JsonFormatter,
     RepeatFilter,
     RequestContext,
+    flush_logs,
     logging_config,
     note_user,
 )
@@ -194,3 +200,150 @@ def test_level_setting_drops_lower_records(captured: tuple[io.StringIO, logging.
     logging.getLogger("duckcast.access").info("GET / 200")
     log.warning("kept")
     assert [line["message"] for line in lines(stream)] == ["kept"]
+
+
+class CountingStream(io.StringIO):
+    """A stream that counts its writes (each is a system call on a real stderr)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.writes = 0
+        self.written = asyncio.Event()
+
+    def write(self, text: str) -> int:
+        self.writes += 1
+        self.written.set()
+        return super().write(text)
+
+
+def test_info_lines_on_an_event_loop_leave_in_one_write_in_order() -> None:
+    """On an event loop, INFO lines are held and written together by the flush timer, in
+    order; a warning is written at once, after the lines held before it."""
+    stream = CountingStream()
+    handler = BufferedStreamHandler(stream)
+    handler.setFormatter(logging.Formatter("%(message)s"))
+
+    async def scenario() -> None:
+        for n in range(50):
+            handler.handle(record(f"GET {n}", level=logging.INFO))
+        assert stream.writes == 0 and stream.getvalue() == ""
+        await asyncio.wait_for(stream.written.wait(), timeout=FLUSH_SECONDS + 10)  # the timer
+        assert stream.writes == 1
+        assert stream.getvalue().splitlines() == [f"GET {n}" for n in range(50)]
+        handler.handle(record("GET 50", level=logging.INFO))
+        handler.handle(record("store down"))  # WARNING: now, after the line held before it
+        assert stream.writes == 2
+        assert stream.getvalue().splitlines()[-2:] == ["GET 50", "store down"]
+
+    asyncio.run(scenario())
+
+
+def test_held_lines_are_written_by_flush_and_without_a_loop_at_once() -> None:
+    """flush() (a graceful stop: the lifespan, logging.shutdown at exit) writes what is held;
+    a thread with no event loop (gunicorn's master, the supervisor) writes every line at once."""
+    stream = CountingStream()
+    handler = BufferedStreamHandler(stream)
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    handler.handle(record("no loop", level=logging.INFO))
+    assert stream.getvalue() == "no loop\n"
+
+    async def scenario() -> None:
+        handler.handle(record("held", level=logging.INFO))
+        assert "held" not in stream.getvalue()
+        flush_logs()
+        assert stream.getvalue().splitlines() == ["no loop", "held"]
+
+    asyncio.run(scenario())
+
+
+def test_a_batch_is_written_once_it_reaches_its_size() -> None:
+    stream = CountingStream()
+    handler = BufferedStreamHandler(stream)
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    line = "x" * 1000
+
+    async def scenario() -> None:
+        for _ in range(FLUSH_CHARS // 1001 + 1):
+            handler.handle(record(line, level=logging.INFO))
+        assert stream.writes == 1
+
+    asyncio.run(scenario())
+
+
+ACCESS_ARGS = ("GET", "/api/items/{item_id}", 200, 0.25)
+ACCESS_FIELDS = {
+    "method": "GET",
+    "route": "/api/items/{item_id}",
+    "status": 200,
+    "duration_ms": 0.25,
+    "request_id": "r-1",
+    "user_id": None,
+}
+
+
+@contextlib.contextmanager
+def ours_alone() -> Iterator[BufferedStreamHandler]:
+    """The root's handlers as a process has them: pytest's capture handlers (added for each
+    test phase) taken off for a moment."""
+    saved = logging.root.handlers[:]
+    ours = [h for h in saved if isinstance(h, BufferedStreamHandler)]
+    logging.root.handlers[:] = ours
+    try:
+        yield ours[0]
+    finally:
+        logging.root.handlers[:] = saved
+
+
+def test_an_access_line_made_without_a_record_is_the_records_line(
+    captured: tuple[io.StringIO, logging.Logger],
+) -> None:
+    """With this module's setup AccessLog formats the line itself (no record): the same JSON
+    as the record path gives, and JsonFormatter.line() is format() to the byte."""
+    stream, _ = captured
+    access = logging.getLogger("duckcast.access")
+    made: list[str] = []
+    with ours_alone() as handler:
+        add_line = handler.add_line
+        handler.add_line = lambda line: (made.append(line), add_line(line))  # type: ignore[method-assign]
+        try:
+            AccessLog().log("%s %s %d %.1fms", ACCESS_ARGS, ACCESS_FIELDS)  # no record
+        finally:
+            del handler.add_line
+    assert len(made) == 1
+    seen: list[logging.LogRecord] = []
+
+    def keep(record: logging.LogRecord) -> bool:
+        seen.append(record)
+        return True
+
+    access.addFilter(keep)  # anything on the way: the record path
+    try:
+        with ours_alone():
+            AccessLog().log("%s %s %d %.1fms", ACCESS_ARGS, ACCESS_FIELDS)
+    finally:
+        access.removeFilter(keep)
+    direct, by_record = stream.getvalue().splitlines()
+    (record_,) = seen
+    assert json.loads(direct) | {"time": 0} == json.loads(by_record) | {"time": 0}
+    formatter = JsonFormatter()
+    expected = formatter.line(
+        record_.created, record_.name, record_.getMessage(), record_.process or 0, ACCESS_FIELDS
+    )
+    assert expected == formatter.format(record_) == by_record
+
+
+def test_a_filter_added_to_the_handler_sees_every_access_record(
+    captured: tuple[io.StringIO, logging.Logger],
+) -> None:
+    """A filter added at run time to the handler (or a logger on the way) gets the record, as
+    logging promises: the direct line is only for the setup whose filters change nothing."""
+    stream, _ = captured
+
+    def tag(record: logging.LogRecord) -> bool:
+        record.tagged = True
+        return True
+
+    with ours_alone() as handler:
+        handler.addFilter(tag)
+        AccessLog().log("%s %s %d %.1fms", ACCESS_ARGS, ACCESS_FIELDS)
+    assert lines(stream)[-1]["tagged"] is True

@@ -12,15 +12,13 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 from fastapi import FastAPI
-from fastapi.middleware.asyncexitstack import AsyncExitStackMiddleware
 from fastapi.routing import APIRoute
-from starlette.middleware.exceptions import ExceptionMiddleware
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from service import redaction
 from service.api import errors
 from service.api.auth import RevokedTokens, TokenSigner
-from service.api.edge import Edge
+from service.api.edge import Edge, ExceptionLayer
 from service.api.hashing import PasswordHashing
 from service.api.revocation import RevocationSync
 from service.api.routes import docs, events, items, ops, uploads, users
@@ -29,6 +27,7 @@ from service.api.throttle import LoginLimits, LoginThrottle, MemoryCounts, Redis
 from service.backplane import Backplane, backplane_from_url
 from service.config import Settings
 from service.keys import Keys, load_keys
+from service.logging import flush_logs
 from service.metrics import preinitialise_routes
 from service.realtime.readcache import ReadCache
 from service.realtime.relay import EventRelay
@@ -101,6 +100,7 @@ def create_app(
             if isinstance(failures, RedisCounts):
                 await failures.close()
             hashing.close()
+            flush_logs()  # the access lines of the last requests (service.logging)
 
     app = DuckcastApp(
         edge=functools.partial(
@@ -167,10 +167,11 @@ class DuckcastApp(FastAPI):
     service.metrics) and its body limit (Edge limits bodies), so neither may be configured.
 
     A middleware added with `add_middleware` sits inside Edge, around every route (the last
-    added outermost, as in FastAPI), and outside the exception handlers, so it sees their
-    answers. Also the one thing no middleware can see: the server's own `send`, which the
-    stream handlers need (the disconnect flag, aborting a stalled transport); it rides in the
-    scope (service.api.routing.StreamEndpoint)."""
+    added outermost, as in FastAPI), and outside the exception handlers (ExceptionLayer, in
+    the place of Starlette's ExceptionMiddleware and FastAPI's AsyncExitStackMiddleware), so
+    it sees their answers. Also the one thing no middleware can see: the server's own `send`,
+    which the stream handlers need (the disconnect flag, aborting a stalled transport); it
+    rides in the scope (service.api.routing.StreamEndpoint)."""
 
     def __init__(self, *, edge: Callable[[ASGIApp], ASGIApp], **kwargs: Any) -> None:
         if kwargs.get("max_body_size") is not None or "telemetry" in kwargs:
@@ -185,8 +186,8 @@ class DuckcastApp(FastAPI):
         # middleware inwards; the 500 / Exception handler is ServerErrorMiddleware's, and Edge's
         # job here.
         handlers = {k: v for k, v in self.exception_handlers.items() if k not in (500, Exception)}
-        app: ASGIApp = AsyncExitStackMiddleware(self.router)  # closes uploaded files
-        app = ExceptionMiddleware(app, handlers=handlers, debug=self.debug)
+        # Starlette's ExceptionMiddleware and FastAPI's AsyncExitStackMiddleware in one frame
+        app: ASGIApp = ExceptionLayer(self.router, handlers)
         for cls, args, kwargs in reversed(self.user_middleware):
             app = cls(app, *args, **kwargs)
         return self.edge(app)

@@ -5,6 +5,7 @@ dependency in its threadpool, a thread hop per dependency per request."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Annotated
 
 from fastapi import Depends
@@ -32,21 +33,20 @@ async def get_signer(conn: HTTPConnection) -> TokenSigner:
     return signer
 
 
-def _candidates(conn: HTTPConnection, allow_query: bool) -> list[str]:
+def _candidates(conn: HTTPConnection, allow_query: bool) -> Iterator[str]:
     """The texts the request offers as its token, in order of precedence: the bearer header,
-    the session cookie, `?token=` (streams only). Whatever the text (non-ASCII, control
-    characters, 10 KB), TokenSigner.verify() only says no."""
-    found = []
+    the session cookie, `?token=` (streams only), each looked at only if the one before is
+    asked for (a bearer request's cookies are not parsed). Whatever the text (non-ASCII,
+    control characters, 10 KB), TokenSigner.verify() only says no."""
     scheme, _, value = conn.headers.get("authorization", "").partition(" ")
     if scheme.lower() == "bearer" and value.strip():
-        found.append(value.strip())
+        yield value.strip()
     settings: Settings = conn.app.state.settings
     cookie = conn.cookies.get(settings.cookie_name)
     if cookie:
-        found.append(cookie)
+        yield cookie
     if allow_query and (query := conn.query_params.get("token")):
-        found.append(query)
-    return found
+        yield query
 
 
 def presented_tokens(conn: HTTPConnection) -> list[Token]:
@@ -72,10 +72,9 @@ def session(conn: HTTPConnection, allow_query: bool) -> Token:
     verified: Token | None = conn.scope.get(SESSION_KEY)
     if verified is not None and not allow_query:
         return verified
-    candidates = _candidates(conn, allow_query)
-    if not candidates:
+    value = next(_candidates(conn, allow_query), None)
+    if value is None:
         raise Unauthorized("not authenticated: send a bearer token or the session cookie")
-    value = candidates[0]
     state = conn.app.state
     signer: TokenSigner = state.signer
     token = signer.verify(value)

@@ -8,7 +8,9 @@ length is not already bounded by the HTTP/1 framing. What it does, outermost fir
 - Observes every HTTP request: a request id (`X-Request-ID`: the caller's when it is 1-128
   characters of `[A-Za-z0-9._:/+=-]` and nothing the log redaction would hide, else made),
   returned on the response and set on every log record written meanwhile
-  (service.logging.REQUEST); counted and timed by route *template*; one access log line
+  (service.logging.REQUEST); counted and timed by route *template*, as the answer's last
+  part is handed to the server (so before it leaves: a client that has its answer finds it
+  counted on /metrics, whichever worker answers that); one access log line
   (`duckcast.access`, INFO; `DUCKCAST_ACCESS_LOG=false` turns it off): method, route template,
   status, duration, request id, user id. Never the raw path or query string (`?token=` is
   accepted on streams) and never a header value. Event streams get a request id but are
@@ -30,15 +32,22 @@ length is not already bounded by the HTTP/1 framing. What it does, outermost fir
 
 from __future__ import annotations
 
+import inspect
 import logging
 import os
 import re
 import time
+from collections.abc import Callable
+from contextlib import AsyncExitStack
 from typing import Any
 
 from prometheus_client.metrics import Counter, Histogram
+from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException, WebSocketException
+from starlette.middleware.exceptions import ExceptionMiddleware
 from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.websockets import WebSocket
 
 from service.api.errors import refuse
 from service.api.negotiation import render_error
@@ -126,7 +135,7 @@ class Edge:
         context = RequestContext(request_id or os.urandom(16).hex())  # as uuid4().hex, cheaper
         token = REQUEST.set(context)
         path = route_path(scope)
-        answer = _Answer(scope, send, context.request_id, path.startswith("/api/"))
+        answer = _Answer(self, scope, send, context.request_id, path.startswith("/api/"), started)
         try:
             limit = self.body_limits.get(path, self.max_body)
             refusal = _refusal(scope["query_string"], declared, limit)
@@ -144,9 +153,15 @@ class Edge:
         finally:
             REQUEST.reset(token)
             if STREAM_KEY not in scope:
-                self._observe(scope, answer.status, time.perf_counter() - started, context)
+                if answer.labels is None:  # no complete answer: counted now
+                    answer.elapsed = time.perf_counter() - started
+                    answer.labels = self._count(scope, answer.status, answer.elapsed)
+                self._log(*answer.labels, answer.status, answer.elapsed, context)
 
-    def _observe(self, scope: Scope, status: int, elapsed: float, context: RequestContext) -> None:
+    def _count(self, scope: Scope, status: int, elapsed: float) -> tuple[str, str]:
+        """Counted and timed by route template: as an answer's last bytes are handed to the
+        server, before they leave (_Answer), so a client that has its answer and asks for
+        /metrics, from whichever worker, finds it counted."""
         method: str = scope["method"] if scope["method"] in METHODS else "OTHER"
         route = route_of(scope)
         counter = self._counters.get((method, route, status))
@@ -159,6 +174,11 @@ class Edge:
             timer = HTTP_LATENCY.labels(method, route, route_group(route))
             self._timers[(method, route)] = timer
         timer.observe(elapsed)
+        return method, route
+
+    def _log(
+        self, method: str, route: str, status: int, elapsed: float, context: RequestContext
+    ) -> None:
         if self.access_log is not None and self.access_log.enabled():
             fields: dict[str, Any] = {
                 "method": method,
@@ -173,23 +193,50 @@ class Edge:
 
 
 class _Answer:
-    """The request's one `send` wrapper: notes the status, adds the response headers."""
+    """The request's one `send` wrapper: notes the status, adds the response headers, and
+    has the request counted (Edge._count) just before the answer's last part goes out."""
 
-    __slots__ = ("_id_header", "_private", "_scope", "_send", "started", "status")
+    __slots__ = (
+        "_edge",
+        "_id_header",
+        "_private",
+        "_scope",
+        "_send",
+        "_t0",
+        "elapsed",
+        "labels",
+        "started",
+        "status",
+    )
 
-    def __init__(self, scope: Scope, send: Send, request_id: str, private: bool) -> None:
+    def __init__(
+        self, edge: Edge, scope: Scope, send: Send, request_id: str, private: bool, t0: float
+    ) -> None:
+        self._edge = edge
         self._scope = scope
         self._send = send
         self._id_header = (REQUEST_ID_HEADER, request_id.encode("ascii"))
         self._private = private
+        self._t0 = t0
+        self.elapsed = 0.0
+        self.labels: tuple[str, str] | None = None  # (method, route) once counted
         self.started = False
         self.status = 500  # what the client gets if the app raises before answering
 
     async def __call__(self, message: Message) -> None:
-        if message["type"] == "http.response.start":
+        kind = message["type"]
+        if kind == "http.response.start":
             self.started = True
             self.status = message["status"]
             message["headers"] = self._headers(message.get("headers", ()))
+        elif (
+            kind == "http.response.body"
+            and self.labels is None
+            and not message.get("more_body", False)
+            and STREAM_KEY not in self._scope
+        ):
+            self.elapsed = time.perf_counter() - self._t0
+            self.labels = self._edge._count(self._scope, self.status, self.elapsed)
         await self._send(message)
 
     def _headers(self, headers: Any) -> list[tuple[bytes, bytes]]:
@@ -256,3 +303,129 @@ def _relative_location(scope: Scope, location: bytes) -> bytes:
             if rest[:1] in (b"/", b""):
                 return b"/" + rest.lstrip(b"/")  # never "//host": protocol-relative
     return location
+
+
+class _FileStack(AsyncExitStack):
+    """FastAPI's per-request stack for uploaded files (`fastapi_middleware_astack`), closed
+    only if something was put on it: a lean handler's request never does."""
+
+    used = False
+
+    def push(self, exit: Any) -> Any:
+        self.used = True
+        return super().push(exit)
+
+    def enter_context(self, cm: Any) -> Any:
+        self.used = True
+        return super().enter_context(cm)
+
+    def callback(self, callback: Any, /, *args: Any, **kwds: Any) -> Any:
+        self.used = True
+        return super().callback(callback, *args, **kwds)
+
+    async def enter_async_context(self, cm: Any) -> Any:
+        self.used = True
+        return await super().enter_async_context(cm)
+
+    def push_async_exit(self, exit: Any) -> Any:
+        self.used = True
+        return super().push_async_exit(exit)
+
+    def push_async_callback(self, callback: Any, /, *args: Any, **kwds: Any) -> Any:
+        self.used = True
+        return super().push_async_callback(callback, *args, **kwds)
+
+
+class ExceptionLayer:
+    """The app's exception handlers around the router, in the place of Starlette's
+    ExceptionMiddleware and FastAPI's AsyncExitStackMiddleware (service.api.app), doing what
+    they do in one frame, with no Request, closures or exit stack made for a request that
+    raises nothing:
+
+    - an exception from routing or a route is answered by the handler registered for its
+      status (HTTPException) or for the nearest class in its MRO, as Starlette looks them up,
+      Starlette's own defaults for HTTPException and WebSocketException beneath the app's; an
+      exception with no handler, or raised once the response has started, goes on up (to
+      Edge: logged, 500);
+    - `starlette.exception_handlers` in the scope, for the handling inside each route
+      (FastAPI's request_response);
+    - `fastapi_middleware_astack`, the stack FastAPI closes uploaded files on, closed when the
+      route returns (before an exception is answered, as before).
+
+    Whether the response has started is read from Edge's `_Answer` when it is this layer's
+    `send` (no middleware in between), else noted by a wrapper of `send`."""
+
+    def __init__(self, app: ASGIApp, handlers: dict[Any, Callable[..., Any]]) -> None:
+        self.app = app
+        defaults = ExceptionMiddleware(app)
+        exceptions: dict[Any, Callable[..., Any]] = {
+            HTTPException: defaults.http_exception,
+            WebSocketException: defaults.websocket_exception,
+        }
+        statuses: dict[int, Callable[..., Any]] = {}
+        for key, handler in handlers.items():
+            if isinstance(key, int):
+                statuses[key] = handler
+            else:
+                exceptions[key] = handler
+        self.exceptions, self.statuses = exceptions, statuses
+        self.tables = (exceptions, statuses)
+
+    def handler_for(self, exc: Exception) -> Callable[..., Any] | None:
+        if isinstance(exc, HTTPException):
+            handler = self.statuses.get(exc.status_code)
+            if handler is not None:
+                return handler
+        for cls in type(exc).__mro__:
+            handler = self.exceptions.get(cls)
+            if handler is not None:
+                return handler
+        return None
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "lifespan":
+            await self.app(scope, receive, send)
+            return
+        scope["starlette.exception_handlers"] = self.tables
+        files = _FileStack()
+        scope["fastapi_middleware_astack"] = files
+        answer = send if isinstance(send, _Answer) else _Started(send)
+        try:
+            try:
+                await self.app(scope, receive, answer)
+            finally:
+                if files.used:
+                    await files.aclose()
+        except Exception as exc:
+            handler = self.handler_for(exc)
+            if handler is None:
+                raise
+            if answer.started:
+                raise RuntimeError("handled exception, but the response had started") from exc
+            conn: Request | WebSocket = (
+                Request(scope, receive, send)
+                if scope["type"] == "http"
+                else WebSocket(scope, receive, send)
+            )
+            if inspect.iscoroutinefunction(handler):
+                response = await handler(conn, exc)
+            else:
+                response = await run_in_threadpool(handler, conn, exc)
+            if response is not None:
+                await response(scope, receive, answer)
+
+
+class _Started:
+    """`send`, noting whether the response has started (a middleware sits between Edge and
+    the exception layer)."""
+
+    __slots__ = ("_send", "started")
+
+    def __init__(self, send: Send) -> None:
+        self._send = send
+        self.started = False
+
+    async def __call__(self, message: Message) -> None:
+        if message["type"] == "http.response.start":
+            self.started = True
+        await self._send(message)

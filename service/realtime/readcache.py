@@ -41,13 +41,16 @@ HIT_MISS = ("hit", "miss")
 
 
 class Cached:
-    """An item or a page with its JSON and protobuf bodies, each encoded once, on first use."""
+    """An item or a page with its JSON and protobuf bodies, each encoded once, on first use;
+    and `heads`, what a reader made of it to answer with (the API's response headers by
+    media type), kept and dropped with the entry."""
 
-    __slots__ = ("_json", "_proto", "size")
+    __slots__ = ("_json", "_proto", "heads", "size")
 
     def __init__(self, size: int) -> None:
         self._json: bytes | None = None
         self._proto: bytes | None = None
+        self.heads: dict[str, list[tuple[bytes, bytes]]] = {}
         self.size = size  # the message, and up to two encodings of about its wire size each
 
     @property

@@ -182,3 +182,46 @@ async def test_an_unhandled_error_is_logged_with_its_request_and_user(
     assert (error.request_id, error.user_id) == ("err-1", alice.id)  # type: ignore[attr-defined]
     (line,) = access_records(caplog)
     assert line.status == 500  # type: ignore[attr-defined]
+
+
+async def test_a_request_is_counted_before_its_answer_leaves(tmp_path: object) -> None:
+    """The request counter and the latency histogram already hold a request when the last
+    part of its answer is handed to the server: a client that has its answer and then asks
+    /metrics (from whichever worker: the counts are in the shared files by then) finds it
+    counted. Read here at the moment the server is given that last part."""
+    from pathlib import Path
+
+    from prometheus_client import REGISTRY
+    from starlette.types import Message
+
+    from tests.api.wire import asgi_scope
+
+    application = create_app(Settings(data_dir=Path(str(tmp_path)) / "d"))
+    labels = {"method": "GET", "route": "/healthz", "status": "200"}
+    timed = {"method": "GET", "route": "/healthz", "group": "ops"}
+    seen: list[tuple[float | None, float | None]] = []
+
+    async def send(message: Message) -> None:
+        if message["type"] == "http.response.body" and not message.get("more_body"):
+            seen.append(
+                (
+                    REGISTRY.get_sample_value("duckcast_http_requests_total", labels),
+                    REGISTRY.get_sample_value(
+                        "duckcast_http_request_duration_seconds_count", timed
+                    ),
+                )
+            )
+
+    async def receive() -> Message:
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    async with application.router.lifespan_context(application):
+        before = REGISTRY.get_sample_value("duckcast_http_requests_total", labels) or 0.0
+        timed_before = (
+            REGISTRY.get_sample_value("duckcast_http_request_duration_seconds_count", timed) or 0.0
+        )
+        for _ in range(3):
+            scope = asgi_scope("http", "/healthz", b"", [(b"host", b"t")], method="GET")
+            await application(scope, receive, send)
+    assert seen == [(before + n, timed_before + n) for n in (1, 2, 3)]
+    assert REGISTRY.get_sample_value("duckcast_http_requests_total", labels) == before + 3

@@ -12,10 +12,12 @@ from typing import Any
 
 import httpx
 import pytest
-from fastapi import FastAPI
+from fastapi import FastAPI, UploadFile
 from httpx_sse import aconnect_sse
+from prometheus_client import REGISTRY
 from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response
+from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from websockets.asyncio.client import connect
 
@@ -25,6 +27,7 @@ from service.api.routing import SERVER_CONNECTION, StreamEndpoint
 from service.config import Settings
 from service.errors import NotFound
 from service.pb import duckcast_pb2 as pb
+from service.pb import store_pb2 as spb
 from service.wire import ID, LIMIT, LIMIT_DEFAULT, PAGE, PAGE_DEFAULT, QUERY_MAX_LENGTH, STATUSES
 from service.worker import uvicorn_options
 from tests.api.conftest import running
@@ -287,3 +290,167 @@ def test_a_root_path_is_a_path_prefix(tmp_path: Path) -> None:
     for bad in ("dc", "/dc/", "//"):
         with pytest.raises(ValueError, match="root_path"):
             Settings(data_dir=tmp_path, root_path=bad)
+
+
+class Stamp:
+    """A middleware that marks every answer it sees."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        async def stamped(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                message["headers"] = [*message.get("headers", ()), (b"x-stamp", b"1")]
+            await send(message)
+
+        await self.app(scope, receive, stamped)
+
+
+async def test_a_middleware_sees_the_exception_handlers_answers(tmp_path: Path) -> None:
+    """The exception handlers run inside every middleware (service.api.edge.ExceptionLayer):
+    a 401 from a lean handler, a 404 from the router and a 422 from FastAPI's validation
+    pass through a middleware the app added, as its own answers do."""
+    application = create_app(Settings(data_dir=tmp_path / "d"))
+    application.add_middleware(Stamp)
+    async with application.router.lifespan_context(application):
+        transport = httpx.ASGITransport(app=application)
+        async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+            token = application.state.signer.issue(
+                (await application.state.store.create_user("u", "h")).id
+            ).value
+            auth = {"Authorization": f"Bearer {token}"}
+            answers = [
+                await client.get("/api/items/1"),  # no token: 401 from the lean handler
+                await client.get("/no/such/route"),  # 404 from the router
+                await client.get("/api/items/1", headers=auth),  # 404 from the store
+                await client.get("/api/items?limit=0", headers=auth),  # 422
+            ]
+    assert [r.status_code for r in answers] == [401, 404, 404, 422]
+    assert all(r.headers.get("x-stamp") == "1" for r in answers)
+    assert all(r.headers["content-type"] == "application/json" for r in answers)
+
+
+async def test_an_error_after_the_response_started_is_not_answered_again(
+    tmp_path: Path,
+) -> None:
+    """A handled exception raised once the response has started cannot be answered: it goes
+    on to Edge, which logs it, and the client gets the response as it was started."""
+    application = create_app(Settings(data_dir=tmp_path / "d"))
+
+    class Half:  # a plain ASGI endpoint, as the lean handlers are: no route-level handling
+        async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+            await send({"type": "http.response.start", "status": 200, "headers": []})
+            raise NotFound("too late")
+
+    application.router.routes.insert(0, Route("/half", Half()))
+    sent: list[Message] = []
+
+    async def send(message: Message) -> None:
+        sent.append(message)
+
+    async def receive() -> Message:
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    async with application.router.lifespan_context(application):
+        scope = asgi_scope("http", "/half", b"", [(b"host", b"t")], method="GET")
+        await application(scope, receive, send)
+    assert [m["type"] for m in sent] == ["http.response.start"]
+    assert sent[0]["status"] == 200
+
+
+async def test_uploaded_files_are_closed_after_the_request(tmp_path: Path) -> None:
+    """FastAPI puts a request's form on the exception layer's file stack, closed when the route
+    returns (the uploaded file's spool is released)."""
+    application = create_app(Settings(data_dir=tmp_path / "d"))
+    kept: list[UploadFile] = []
+
+    @application.post("/spool")
+    async def spool(file: UploadFile) -> dict[str, bool]:
+        kept.append(file)
+        return {"open": not file.file.closed}
+
+    async with application.router.lifespan_context(application):
+        transport = httpx.ASGITransport(app=application)
+        async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+            r = await client.post("/spool", files={"file": ("a.txt", b"abc")})
+    assert r.json() == {"open": True}
+    assert kept[0].file.closed
+
+
+HITS = "duckcast_read_cache_requests_total"
+
+
+class AppendInPlace:
+    """A middleware that adds a header to the answer's own list, as MutableHeaders does."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        async def add(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                message["headers"].append((b"x-added", b"1"))
+            await send(message)
+
+        await self.app(scope, receive, add)
+
+
+async def test_a_cached_answers_head_is_made_once_and_never_shared(tmp_path: Path) -> None:
+    """A read from the worker's cache answers the head Response() would make (ETag, length,
+    type, in its order), kept with the entry; a middleware that changes the answer's header
+    list in place changes that answer only."""
+    application = create_app(Settings(data_dir=tmp_path / "d"))
+    application.add_middleware(AppendInPlace)
+    async with application.router.lifespan_context(application):
+        transport = httpx.ASGITransport(app=application)
+        async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+            token = application.state.signer.issue(
+                (await application.state.store.create_user("u", "h")).id
+            ).value
+            auth = {"Authorization": f"Bearer {token}"}
+            item = (await client.post("/api/items", json={"title": "t"}, headers=auth)).json()
+            proto = {**auth, "Accept": "application/protobuf"}
+            hits = REGISTRY.get_sample_value(HITS, {"kind": "item", "result": "hit"}) or 0
+            answers = [
+                await client.get(f"/api/items/{item['id']}", headers=headers)
+                for headers in (auth, auth, auth, proto, proto)
+            ]
+            after = REGISTRY.get_sample_value(HITS, {"kind": "item", "result": "hit"}) or 0
+    assert after - hits >= 3  # at least the repeats came from the cache
+    for r in answers:
+        assert r.status_code == 200
+        assert r.headers.get_list("x-added") == ["1"]
+        assert r.headers["etag"] == f'"{item["version"]}"'
+        assert int(r.headers["content-length"]) == len(r.content)
+        own = [k for k, _ in r.headers.raw if k in (b"etag", b"content-length", b"content-type")]
+        assert own == [b"etag", b"content-length", b"content-type"]  # as Response() has them
+    assert [r.headers["content-type"] for r in answers] == [
+        "application/json",
+        "application/json",
+        "application/json",
+        "application/protobuf",
+        "application/protobuf",
+    ]
+
+
+def test_the_list_query_readings_kept_are_bounded() -> None:
+    """The lean list handler keeps its readings of short query strings only, at most
+    LIST_QUERIES of them, and a kept reading is the reading (test_fastpath.py compares the
+    answers with the declared endpoint's for generated query strings)."""
+    from service.api.routes import items
+
+    def read(raw: bytes) -> spb.ListItems | None:
+        scope = asgi_scope("http", "/api/items", raw, [], method="GET")
+        return items._list_query(Request(scope))
+
+    items._list_queries.clear()
+    first = read(b"limit=20")
+    assert first is not None and first.limit == 20 and read(b"limit=20") is first
+    assert read(b"limit=0") is None and b"limit=0" in items._list_queries
+    long = b"q=" + b"x" * items.LIST_QUERY_KEPT_BYTES
+    assert read(long) is not None and long not in items._list_queries
+    for n in range(3 * items.LIST_QUERIES):
+        assert read(b"limit=%d" % (n % 100 + 1)) is not None
+        read(b"page=%d" % (n + 1))
+    assert len(items._list_queries) <= items.LIST_QUERIES

@@ -157,3 +157,17 @@ def test_a_verified_token_still_expires(monkeypatch: pytest.MonkeyPatch) -> None
     for user in range(1, auth.VERIFIED_MAX + 2):
         assert signer.verify(signer.issue(user).value) is not None
     assert len(signer._verified) <= auth.VERIFIED_MAX
+
+
+async def test_the_bearer_header_comes_before_the_cookie(
+    client: httpx.AsyncClient, alice: Account, bob: Account
+) -> None:
+    """Which text is the request's token: the bearer header when there is one (valid or not),
+    else the session cookie; the cookie is not even read then (service.api.deps)."""
+    cookie_name = Settings().cookie_name
+    as_bob = {"Cookie": f"{cookie_name}={bob.token}"}
+    r = await client.get("/api/me", headers={**alice.headers, **as_bob})
+    assert r.status_code == 200 and r.json()["id"] == alice.id
+    forged = {"Authorization": "Bearer v2.1.1.x.y", **as_bob}
+    assert (await client.get("/api/me", headers=forged)).status_code == 401
+    assert (await client.get("/api/me", headers=as_bob)).json()["id"] == bob.id

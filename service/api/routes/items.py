@@ -44,7 +44,7 @@ from service.api.schemas import (
 from service.errors import Invalid
 from service.pb import duckcast_pb2 as pb
 from service.pb import store_pb2 as spb
-from service.realtime.readcache import Cached, ReadCache
+from service.realtime.readcache import Cached, CachedItem, ReadCache
 from service.storeclient import StoreClient
 from service.wire import (
     ID,
@@ -108,10 +108,28 @@ def wanted_seq(request: Request) -> int | None:
     return seq
 
 
-def _cached(request: Request, entry: Cached, headers: dict[str, str] | None = None) -> Response:
+class _Encoded(Response):
+    """A 200 with a cached body and head: what `Response(body, media_type=..., headers=...)`
+    makes (the same headers in the same order), without making the head again per request."""
+
+    def __init__(self, body: bytes, head: list[tuple[bytes, bytes]]) -> None:
+        self.status_code = 200
+        self.body = body
+        self.background = None
+        self.raw_headers = list(head)  # a middleware may change the answer's list in place
+
+
+def _cached(request: Request, entry: Cached) -> Response:
+    """The entry in the negotiated format (an item with its ETag). An entry is never changed
+    (an event replaces it), so neither is the head made from it."""
     media = response_type(request)
     body = entry.json if media == JSON else entry.proto
-    return Response(body, media_type=media, headers=headers)
+    head = entry.heads.get(media)
+    if head is None:
+        headers = etag(entry.item) if isinstance(entry, CachedItem) else None
+        head = Response(body, media_type=media, headers=headers).raw_headers
+        entry.heads[media] = head
+    return _Encoded(body, head)
 
 
 async def read_item(request: Request, item_id: int, store: StoreClient) -> Response:
@@ -121,7 +139,7 @@ async def read_item(request: Request, item_id: int, store: StoreClient) -> Respo
         item = await store.get_item(item_id)
         return render(request, item, item_json, headers=etag(item))
     entry = await cache.item(item_id, wanted_seq(request), lambda: store.get_item(item_id))
-    return _cached(request, entry, etag(entry.item))
+    return _cached(request, entry)
 
 
 async def read_page(request: Request, query: spb.ListItems, store: StoreClient) -> Response:
@@ -132,9 +150,8 @@ async def read_page(request: Request, query: spb.ListItems, store: StoreClient) 
     if cache is None or not first or query.HasField("q"):
         return render(request, await store.list_items(query), page_json)
     need = wanted_seq(request)
-    return _cached(
-        request, await cache.first_page(query.limit, need, lambda: store.list_items(query))
-    )
+    page = await cache.first_page(query.limit, need, lambda: store.list_items(query))
+    return _cached(request, page)
 
 
 def if_match(request: Request) -> list[int]:
@@ -223,7 +240,28 @@ async def _lean_get(scope: Scope, receive: Receive, send: Send) -> bool:
     return True
 
 
+# The lean list handler's reading of a query string, by its raw bytes: clients repeat the same
+# few (`limit=20`), and the reading is a pure function of them. Short ones only, and at most
+# LIST_QUERIES of them (cleared when full): a client sending endless variants costs a parse each.
+# The messages kept are never changed (the store client copies what it sends).
+LIST_QUERIES = 256
+LIST_QUERY_KEPT_BYTES = 64
+_list_queries: dict[bytes, spb.ListItems | None] = {}
+
+
 def _list_query(request: Request) -> spb.ListItems | None:
+    raw: bytes = request.scope["query_string"]
+    if raw in _list_queries:
+        return _list_queries[raw]
+    query = _read_list_query(request)
+    if len(raw) <= LIST_QUERY_KEPT_BYTES:
+        if len(_list_queries) >= LIST_QUERIES:
+            _list_queries.clear()
+        _list_queries[raw] = query
+    return query
+
+
+def _read_list_query(request: Request) -> spb.ListItems | None:
     query = spb.ListItems(page=PAGE_DEFAULT, limit=LIMIT_DEFAULT)
     for name, value in request.query_params.multi_items():
         bounds = LIST_INTS.get(name)
