@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import logging
 import os
 import socket
 from collections.abc import Callable
@@ -77,13 +78,15 @@ async def commit(live: Live, owner: int) -> int:
 
 
 async def test_an_idle_stream_keeps_no_asgi_request_and_still_gets_events(
-    tmp_path: Path,
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     """Once caught up, an SSE and a WebSocket stream are detached: their ASGI tasks have
-    returned, the server's protocol objects are gone from its connections (replaced by the
-    detached ones, so `limit_concurrency` and shutdown still count them), and events written
-    by the fan-out still arrive, in order."""
+    returned (and uvicorn saw nothing wrong in that), the server's protocol objects are gone
+    from its connections (replaced by the detached ones, so `limit_concurrency` and shutdown
+    still count them), and events written by the fan-out still arrive, in order."""
+    uvicorn_log = logging.getLogger("uvicorn.error")  # it does not propagate to the root
     async with serve(settings(tmp_path)) as live:
+        uvicorn_log.addHandler(caplog.handler)  # after uvicorn's own logging configuration
         alice = await live.user("alice")
         await settled(live)
         async with (
@@ -102,6 +105,9 @@ async def test_an_idle_stream_keeps_no_asgi_request_and_still_gets_events(
             got = [(await sse.expect("item_created")).id for _ in range(2)]
             assert got == [str(first), str(second)]
             assert [(await _json(ws))["seq"] for _ in range(2)] == [first, second]
+        uvicorn_log.removeHandler(caplog.handler)
+        errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+        assert errors == []
 
 
 async def _json(ws: Any) -> dict[str, Any]:

@@ -5,6 +5,12 @@ middleware and the exception handlers hold for them) but called without a Reques
 dependency solving (service.api.routing.StreamEndpoint): a stream lives for hours, and
 everything FastAPI keeps per request would be held for as long. The SSE route's declaration
 below documents it in OpenAPI; every request of it goes to `sse_stream`.
+
+Under uvicorn's defaults a stream that has caught up is detached (service/api/connection.py):
+its handler returns, so every middleware's call for it returns too, after the response head
+(or the handshake) and the first bytes have passed through them; the ring then holds the
+stream, and runs its tail (`_sse_tail`, `_ws_tail`) in a task of its own when it must catch up
+or end (tests/realtime/test_detach.py).
 """
 
 from __future__ import annotations
