@@ -50,6 +50,7 @@ from starlette.types import Receive, Send
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
 
+from service.api.routing import SERVER_CONNECTION
 from service.realtime.ring import Connection, Cursor, Ring
 
 
@@ -500,6 +501,7 @@ def detach(conn: Connection, ring: Ring, cursor: Cursor) -> Detached | None:
         ws_proto.stop_keepalive()  # the ring's keep-alive tick pings (DetachedWebSocket.ping)
         ws_proto.disconnected = True  # its send raises, its run_asgi closes only _NO_TRANSPORT
         ws_proto.transport = _NO_TRANSPORT
+        ws_proto.scope.pop(SERVER_CONNECTION, None)  # no reference cycle left to collect
         return _hand_over(ws_proto, transport, ws)
     return None
 
@@ -514,6 +516,7 @@ def _leave_http(proto: Any, cycle: Any) -> None:
     cycle.disconnected = True
     cycle.transport = proto.transport = proto.flow._transport = _NO_TRANSPORT
     proto.parser = proto.cycle = None  # the parser refers back to the protocol
+    cycle.scope.pop(SERVER_CONNECTION, None)  # the scope refers to the cycle: no cycle left
 
 
 def _hand_over(proto: Any, transport: asyncio.Transport, detached: Detached) -> Detached:
