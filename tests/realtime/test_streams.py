@@ -23,6 +23,7 @@ from httpx_sse import EventSource, ServerSentEvent
 from prometheus_client import REGISTRY
 from websockets.exceptions import ConnectionClosed
 
+from service.api.connection import Detached
 from service.api.routes import events
 from service.config import Settings
 from service.pb import duckcast_pb2 as pb
@@ -234,6 +235,7 @@ async def test_stalled_reader_dropped_within_the_bound_with_no_new_events(
         if transport == "sse":
             sse = resuming(live, alice.token, start, rcvbuf=4096)
             cursor = await only_cursor(live)
+            await until(lambda: isinstance(cursor.conn, Detached), what="detached first")
             await fill_until_stalled(live, lambda: cursor)
             quiet = time.monotonic()
             await until(lambda: cursor.reason is not None, within=5, what="stalled SSE dropped")
@@ -253,6 +255,7 @@ async def test_stalled_reader_dropped_within_the_bound_with_no_new_events(
             await asyncio.get_running_loop().sock_connect(sock, ("127.0.0.1", live.port))
             async with ws_connect(live, alice, sock=sock, max_queue=1) as ws:
                 cursor = await only_cursor(live)
+                await until(lambda: isinstance(cursor.conn, Detached), what="detached first")
                 await fill_until_stalled(live, lambda: cursor)
                 quiet = time.monotonic()
                 await until(lambda: cursor.reason is not None, within=5, what="stalled WS dropped")
