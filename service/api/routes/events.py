@@ -362,6 +362,8 @@ async def sse_stream(scope: Scope, receive: Receive, send: Send) -> None:
         if not opened:
             ring.finish(cursor, "client")
             release(conn)
+    if not opened:
+        return
     del conn  # a detached stream keeps none of the request's objects
     await _sse_tail(out)
 
