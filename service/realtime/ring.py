@@ -253,6 +253,15 @@ class Pusher(Protocol):
     def push_keepalive(self) -> None: ...
 
 
+class Waker(Protocol):
+    """What a parked stream waits on: its coroutine's future, or, for a stream whose coroutine
+    has returned (service/api/connection.py detaches it), an object that starts one."""
+
+    def done(self) -> bool: ...
+
+    def set_result(self, result: None) -> None: ...
+
+
 class Closed(Exception):
     def __init__(self, reason: str) -> None:
         super().__init__(reason)
@@ -285,8 +294,8 @@ class Cursor:
         self.reason: str | None = None  # why the stream must end (set once)
         self.finished = False  # the stream's handler has returned
         self.pusher: Pusher | None = None  # set by the stream if its server allows it
-        # while the fan-out writes for the stream: what its coroutine awaits
-        self.parked: asyncio.Future[None] | None = None
+        # while the fan-out writes for the stream: what its coroutine awaits (or what starts one)
+        self.parked: Waker | None = None
 
 
 class Page(NamedTuple):
@@ -503,6 +512,15 @@ class Ring:
             await fut
         finally:
             self._unpark(cursor)
+
+    def hold(self, cursor: Cursor, waker: Waker) -> None:
+        """`park` for a caught-up stream whose coroutine returns instead of waiting: the ring
+        calls `waker.set_result(None)` when it needs one again (to catch up, or to end)."""
+        if cursor.reason is not None or cursor.pusher is None:
+            waker.set_result(None)
+            return
+        cursor.parked = waker
+        self._parked[cursor] = None
 
     def drop(self, cursor: Cursor, reason: str) -> None:
         """End a stream (it sees `cursor.reason` when it next runs)."""

@@ -6,7 +6,8 @@ the events after the cursor from the ring, or from the store's log if the ring n
 them, send them, advance the cursor past them. Each event is sent once: the cursor only moves
 forward, to the last seq sent (or skipped by the filters). A stream with a pusher parks once
 it has caught up, and the ring's fan-out writes for it until it needs its coroutine again
-(service/realtime/ring.py).
+(service/realtime/ring.py); where the server allows it, the stream is detached instead and its
+coroutine returns (service/api/connection.py), to be started again when the ring needs it.
 """
 
 from __future__ import annotations
@@ -28,9 +29,14 @@ class Output(Protocol):
 
     async def keepalive(self) -> None: ...
 
+    def detach(self) -> bool:
+        """Leave the stream to the ring (`Ring.hold`) and return, if the server allows it: its
+        coroutine then ends, and the ring starts another when it needs one."""
+
 
 async def deliver(ring: Ring, cursor: Cursor, out: Output) -> None:
-    """Runs until the cursor is dropped (raises Closed); the store's errors propagate."""
+    """Runs until the cursor is dropped (raises Closed) or the stream is detached (returns);
+    the store's errors propagate."""
     if cursor.seq > ring.seq:
         await _check_ahead(ring, cursor, out)
     tick = ring.ticks
@@ -61,6 +67,8 @@ async def deliver(ring: Ring, cursor: Cursor, out: Output) -> None:
             cursor.seq = last
             continue
         if cursor.pusher is not None:
+            if out.detach():
+                return
             await ring.park(cursor)
             continue
         await ring.wait()

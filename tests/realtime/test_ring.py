@@ -83,6 +83,9 @@ class Stream:
     async def keepalive(self) -> None:
         self.keepalives += 1
 
+    def detach(self) -> bool:
+        return False  # a stream of this test keeps its coroutine (see test_streams.py)
+
     async def until(self, seq: int) -> list[int]:
         async with asyncio.timeout(TIMEOUT):
             while not self.got or self.got[-1].seq < seq:

@@ -23,6 +23,8 @@ from httpx_sse import EventSource, ServerSentEvent
 from prometheus_client import REGISTRY
 from websockets.exceptions import ConnectionClosed
 
+from service.api.connection import Detached
+from service.api.routes import events
 from service.config import Settings
 from service.pb import duckcast_pb2 as pb
 from service.realtime.ring import WRITE_BYTES, Cursor, Ring
@@ -233,6 +235,7 @@ async def test_stalled_reader_dropped_within_the_bound_with_no_new_events(
         if transport == "sse":
             sse = resuming(live, alice.token, start, rcvbuf=4096)
             cursor = await only_cursor(live)
+            await until(lambda: isinstance(cursor.conn, Detached), what="detached first")
             await fill_until_stalled(live, lambda: cursor)
             quiet = time.monotonic()
             await until(lambda: cursor.reason is not None, within=5, what="stalled SSE dropped")
@@ -252,6 +255,7 @@ async def test_stalled_reader_dropped_within_the_bound_with_no_new_events(
             await asyncio.get_running_loop().sock_connect(sock, ("127.0.0.1", live.port))
             async with ws_connect(live, alice, sock=sock, max_queue=1) as ws:
                 cursor = await only_cursor(live)
+                await until(lambda: isinstance(cursor.conn, Detached), what="detached first")
                 await fill_until_stalled(live, lambda: cursor)
                 quiet = time.monotonic()
                 await until(lambda: cursor.reason is not None, within=5, what="stalled WS dropped")
@@ -542,13 +546,18 @@ async def test_stream_metrics_are_observed(live: Live) -> None:
     assert closes == before["closes"] + 1
 
 
-async def test_a_websocket_stream_holds_no_handshake_headers(live: Live) -> None:
-    """Under websockets-sansio (uvicorn's default) an open /ws/items stream does not keep the
-    handshake's request and response objects (their headers, ~2 KB per subscriber)."""
+async def test_a_websocket_stream_holds_no_handshake_headers(
+    live: Live, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Under websockets-sansio (uvicorn's default) an open /ws/items stream that is not
+    detached (here: detaching refused) does not keep the handshake's request and response
+    objects (their headers, ~2 KB per subscriber)."""
+    monkeypatch.setattr(events, "detach", lambda *args: None)
     alice = await live.user("alice")
     await settled(live)
     async with ws_connect(live, alice):
         cursor = await only_cursor(live)
+        await until(lambda: cursor.parked is not None, what="parked")
         proto = cursor.conn._proto  # type: ignore[union-attr]
         assert type(proto).__name__ == "WebSocketsSansIOProtocol"
         assert proto.request is None and proto.response is None

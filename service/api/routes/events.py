@@ -5,14 +5,20 @@ middleware and the exception handlers hold for them) but called without a Reques
 dependency solving (service.api.routing.StreamEndpoint): a stream lives for hours, and
 everything FastAPI keeps per request would be held for as long. The SSE route's declaration
 below documents it in OpenAPI; every request of it goes to `sse_stream`.
+
+Under uvicorn's defaults a stream that has caught up is detached (service/api/connection.py):
+its handler returns, so every middleware's call for it returns too, after the response head
+(or the handshake) and the first bytes have passed through them; the ring then holds the
+stream, and runs its tail (`_sse_tail`, `_ws_tail`) in a task of its own when it must catch up
+or end (tests/realtime/test_detach.py).
 """
 
 from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import Callable, Mapping
-from typing import Annotated
+from collections.abc import Callable, Coroutine, Mapping
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Header, Query
 from starlette.requests import HTTPConnection, Request
@@ -20,7 +26,16 @@ from starlette.responses import Response
 from starlette.routing import WebSocketRoute
 from starlette.types import Receive, Scope, Send
 
-from service.api.connection import Direct, connection, direct, release
+from service.api.connection import (
+    Detached,
+    DetachedHttp,
+    DetachedWebSocket,
+    Direct,
+    connection,
+    detach,
+    direct,
+    release,
+)
 from service.api.deps import stream_session
 from service.api.errors import error_response
 from service.api.routing import LeanRoute, StreamEndpoint, lean
@@ -129,23 +144,58 @@ def _batches(parts: list[bytes]) -> list[tuple[int, bytes]]:
     return out
 
 
+async def _gone(message: Any) -> None:
+    """`send` once a stream is detached: its ASGI request is over."""
+    raise OSError("the stream is detached from its ASGI request")
+
+
 class _Out:
     """How a stream writes (one small object, not closures: it lives as long as the stream).
 
     With a `Direct` connection (service/api/connection.py), a batch of events is one transport
     write, made by the ring's fan-out while the stream is parked (`push`, never blocking) or by
     the stream's coroutine (`write`, waiting for the socket to drain first); otherwise each
-    write is an ASGI `send`."""
+    write is an ASGI `send`. Once the stream is detached (`detach`), this object is also what
+    the ring wakes to start the stream's coroutine again (`set_result`: `tail` in a task)."""
 
-    __slots__ = ("cursor", "direct", "send")
+    __slots__ = ("cursor", "direct", "ring", "send")
 
     deliveries = SSE_DELIVERIES
     lag = staticmethod(SSE_LAG)
 
-    def __init__(self, send: Send, cursor: Cursor, direct: Direct | None) -> None:
+    def __init__(self, send: Send, cursor: Cursor, direct: Direct | None, ring: Ring) -> None:
         self.send = send
         self.cursor = cursor
         self.direct = direct
+        self.ring = ring
+
+    def tail(self) -> Coroutine[Any, Any, None]:
+        """The stream from its delivery loop to its end."""
+        raise NotImplementedError
+
+    def detach(self) -> bool:
+        cursor, current = self.cursor, self.direct
+        if not isinstance(current, Detached):
+            if current is None or cursor.conn is None:
+                return False
+            detached = detach(cursor.conn, self.ring, cursor)
+            if detached is None:
+                return False
+            # nothing of the ASGI request is kept: its objects are what detaching frees
+            self.direct = cursor.conn = detached
+            self.send = _gone
+        self.ring.hold(cursor, self)
+        return True
+
+    # the ring's Waker, while the stream is detached and parked
+
+    def done(self) -> bool:
+        return False  # the ring wakes a parked stream once (Ring._unpark)
+
+    def set_result(self, result: None) -> None:
+        detached = self.direct
+        assert isinstance(detached, Detached)
+        detached.spawn(self.tail())
 
     def encode(self, ev: EncodedEvent) -> bytes:
         raise NotImplementedError
@@ -201,6 +251,21 @@ class _SseOut(_Out):
     def encode(self, ev: EncodedEvent) -> bytes:
         return ev.sse
 
+    def tail(self) -> Coroutine[Any, Any, None]:
+        return _sse_tail(self)
+
+    async def end(self, final: bytes) -> None:
+        """`final` (if any), then the end of the body, if the client is still there."""
+        current = self.direct
+        if isinstance(current, DetachedHttp):
+            current.end(final)
+            return
+        if final:
+            await self.body(final)
+        conn = self.cursor.conn
+        if conn is not None and not conn.gone():
+            await self.body(b"", more=False)
+
     async def body(self, chunk: bytes, more: bool = True) -> None:
         await self.send({"type": "http.response.body", "body": chunk, "more_body": more})
 
@@ -216,10 +281,32 @@ class _SseOut(_Out):
         await self.body(KEEPALIVE_COMMENT)
 
 
-class _WsJsonOut(_Out):
+class _WsOut(_Out):
     __slots__ = ()
     deliveries = WS_DELIVERIES
     lag = staticmethod(WS_LAG)
+
+    def tail(self) -> Coroutine[Any, Any, None]:
+        return _ws_tail(self)
+
+    def push_keepalive(self) -> None:
+        current = self.direct
+        if isinstance(current, DetachedWebSocket):  # else the server's own pings
+            current.ping()
+
+    async def close(self, code: int, reason: str) -> None:
+        current = self.direct
+        if isinstance(current, DetachedWebSocket):
+            current.end(code, reason)
+            return
+        conn = self.cursor.conn
+        if conn is not None and not conn.gone():
+            with contextlib.suppress(OSError, RuntimeError):
+                await self.send({"type": "websocket.close", "code": code, "reason": reason})
+
+
+class _WsJsonOut(_WsOut):
+    __slots__ = ()
 
     def encode(self, ev: EncodedEvent) -> bytes:
         return ev.ws_text
@@ -230,10 +317,8 @@ class _WsJsonOut(_Out):
             await self.send({"type": "websocket.send", "text": _payload(part).decode()})
 
 
-class _WsProtoOut(_Out):
+class _WsProtoOut(_WsOut):
     __slots__ = ()
-    deliveries = WS_DELIVERIES
-    lag = staticmethod(WS_LAG)
 
     def encode(self, ev: EncodedEvent) -> bytes:
         return ev.ws_binary
@@ -264,30 +349,49 @@ async def sse_stream(scope: Scope, receive: Receive, send: Send) -> None:
         return
     conn = connection(send, receive)
     cursor = ring.subscribe(since, filters, "sse", conn)
-    ending = "client"
-
-    out = _SseOut(send, cursor, direct(conn))
+    out = _SseOut(send, cursor, direct(conn), ring)
     cursor.pusher = out if out.direct is not None else None
-    body = out.body
-
+    opened = False
     try:
         await send({"type": "http.response.start", "status": 200, "headers": SSE_HEADERS})
-        await body(b'retry: %d\nevent: connected\ndata: {"seq": %d}\n\n' % (RETRY_MS, ring.seq))
-        try:
-            await deliver(ring, cursor, out)
-        except Closed as closed:
-            if closed.reason == "overflow":
-                await body(OVERFLOW_EVENT)
-        except DuckcastError as exc:  # the store went away during replay
-            ending = "error"
-            await body(b"event: error\ndata: %s\n\n" % exc.message.encode())
-        if not conn.gone():
-            await body(b"", more=False)
+        await out.body(b'retry: %d\nevent: connected\ndata: {"seq": %d}\n\n' % (RETRY_MS, ring.seq))
+        opened = True
     except OSError:
         pass  # the client is gone
     finally:
-        ring.finish(cursor, ending)
-        release(conn)
+        if not opened:
+            ring.finish(cursor, "client")
+            release(conn)
+    if not opened:
+        return
+    del conn  # a detached stream keeps none of the request's objects
+    await _sse_tail(out)
+
+
+async def _sse_tail(out: _SseOut) -> None:
+    """Deliver until the stream is detached (returns: the ring holds it) or ends (with its
+    documented last event)."""
+    ring, cursor = out.ring, out.cursor
+    ending, final, detached = "client", b"", False
+    try:
+        try:
+            await deliver(ring, cursor, out)
+            detached = True
+            return
+        except Closed as closed:
+            if closed.reason == "overflow":
+                final = OVERFLOW_EVENT
+        except DuckcastError as exc:  # the store went away during replay
+            ending = "error"
+            final = b"event: error\ndata: %s\n\n" % exc.message.encode()
+        await out.end(final)
+    except OSError:
+        pass  # the client is gone
+    finally:
+        if not detached:
+            ring.finish(cursor, ending)
+            if cursor.conn is not None:
+                release(cursor.conn)
 
 
 async def ws_stream(scope: Scope, receive: Receive, send: Send) -> None:
@@ -314,31 +418,39 @@ async def ws_stream(scope: Scope, receive: Receive, send: Send) -> None:
         return
     conn = connection(send, receive)
     cursor = ring.subscribe(since, filters, "ws", conn)
-    code, reason, ending = 1000, "", "client"
-
-    out = (_WsJsonOut if as_json else _WsProtoOut)(send, cursor, direct(conn))
+    out = (_WsJsonOut if as_json else _WsProtoOut)(send, cursor, direct(conn), ring)
     cursor.pusher = out if out.direct is not None else None
+    del conn  # a detached stream keeps none of the request's objects
+    await _ws_tail(out)
 
+
+async def _ws_tail(out: _WsOut) -> None:
+    """Deliver until the stream is detached (returns: the ring holds it) or ends (with its
+    documented close code)."""
+    ring, cursor = out.ring, out.cursor
+    code, reason, ending, detached = 1000, "", "client", False
     try:
-        await deliver(ring, cursor, out)
-    except Closed as closed:
-        if closed.reason == "overflow":
-            code, reason = WS_OVERFLOW, "subscriber too slow; resume with ?since="
-        elif closed.reason == "shutdown":
-            code, reason = SERVICE_RESTART, "worker restarting; reconnect with ?since="
-        elif closed.reason == "policy":
-            code, reason = WS_POLICY, "clients send nothing on this socket"
-    except OSError:
-        pass  # the client went away mid-send
-    except DuckcastError:
-        code, reason, ending = STORE_GONE, "store unavailable; retry with ?since=", "error"
-    try:
-        if not conn.gone():
-            with contextlib.suppress(OSError, RuntimeError):
-                await send({"type": "websocket.close", "code": code, "reason": reason})
+        try:
+            await deliver(ring, cursor, out)
+            detached = True
+            return
+        except Closed as closed:
+            if closed.reason == "overflow":
+                code, reason = WS_OVERFLOW, "subscriber too slow; resume with ?since="
+            elif closed.reason == "shutdown":
+                code, reason = SERVICE_RESTART, "worker restarting; reconnect with ?since="
+            elif closed.reason == "policy":
+                code, reason = WS_POLICY, "clients send nothing on this socket"
+        except OSError:
+            pass  # the client went away mid-send
+        except DuckcastError:
+            code, reason, ending = STORE_GONE, "store unavailable; retry with ?since=", "error"
+        await out.close(code, reason)
     finally:
-        ring.finish(cursor, ending)
-        release(conn)
+        if not detached:
+            ring.finish(cursor, ending)
+            if cursor.conn is not None:
+                release(cursor.conn)
 
 
 SSE = StreamEndpoint(sse_stream)
