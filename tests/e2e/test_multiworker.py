@@ -342,7 +342,7 @@ def test_store_killed_mid_traffic_is_restarted_and_loses_no_acknowledged_write(
     # only the store went down: the same gunicorn master and workers served throughout
     assert process_tree(api, workers=3).master == tree.master
     assert children(tree.master) == tree.workers
-    assert "restarting" in api.logs()
+    wait_until(lambda: "restarting" in api.logs(), timeout=5)
     # acknowledged writes must all be there; a 503 means "not done", even for a kill -9 (only
     # a 504, a write the store announced before it died, may or may not have committed)
     items = assert_all_acked_stored(api, tokens[0], writes, exact=False)

@@ -23,7 +23,7 @@ from service.api.auth import TokenSigner
 from service.keys import SECRET_FILE_NAME, derive
 from service.pb import store_pb2 as spb
 from service.storeclient.protocol import encode_frame
-from tests.conftest import RedisServer, free_port
+from tests.conftest import RedisServer, free_port, wait_until
 from tests.e2e.conftest import DUCKCAST, ROOT, Deployment, is_gunicorn, register_and_login
 
 pytestmark = pytest.mark.e2e
@@ -236,7 +236,7 @@ def test_a_raw_client_on_the_store_tcp_port_gets_nothing(deployment: Deployment)
             writer.close()
 
     assert asyncio.run(wrong_key()) == b""
-    assert "refused a store connection" in store.logs()
+    wait_until(lambda: "refused a store connection" in store.logs(), timeout=5)
 
 
 # -- logout on every worker -------------------------------------------------------------------
