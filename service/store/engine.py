@@ -6,7 +6,6 @@ in-process client both call it, so embedded and multi-process modes run the same
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import threading
 import time
@@ -272,8 +271,7 @@ class StoreEngine:
         committing: Callable[[], bool] | None,
     ) -> None:
         """Each create a write of its own; one answer per create, as create_items answers."""
-        futures = self._writer.submit_many(creates, deadline, committing)
-        results = await asyncio.gather(*futures, return_exceptions=True)
+        results = await self._writer.submit_many(creates, deadline, committing)
         seq = self.state.last_seq  # at or after every one of these writes
         answers = resp.created_many.answers
         for result in results:
@@ -284,6 +282,7 @@ class StoreEngine:
             elif isinstance(result, BaseException):
                 raise result
             else:
+                assert isinstance(result, pb.ItemList)
                 answer.items.CopyFrom(result)
                 answer.seq = seq
 

@@ -50,14 +50,40 @@ class BatchPlan(Protocol):
 ApplyFn = Callable[[duckdb.DuckDBPyConnection, Sequence[Any]], BatchPlan]
 
 
+_PENDING = object()
+
+
+class _Group:
+    """The results of one `submit_many`, one slot per op, and ONE future for them all: per op
+    a future, its callbacks and a gather cost about as much as the rest of the op's Python
+    on the store's loop. Filled on the caller's loop; the future is resolved with the list of
+    results (values or exceptions) once every op has one, whichever batches they went in."""
+
+    __slots__ = ("future", "missing", "results")
+
+    def __init__(self, future: asyncio.Future[list[object]], size: int) -> None:
+        self.future = future
+        self.results: list[object] = [_PENDING] * size
+        self.missing = size
+
+    def fill(self, index: int, value: object) -> None:
+        if self.results[index] is not _PENDING:  # delivered once only, but never count twice
+            return
+        self.results[index] = value
+        self.missing -= 1
+        if not self.missing and not self.future.done():
+            self.future.set_result(self.results)
+
+
 @dataclass(slots=True, eq=False)
 class _Task(Generic[Op]):
     op: Op
-    future: asyncio.Future[Any]
+    future: asyncio.Future[Any] | _Group  # a `submit_many` op answers into its group's slot
     loop: asyncio.AbstractEventLoop
     deadline: float | None  # time.time(): wall clock, as the worker that set it
     committing: Callable[[], bool] | None = None
     announced: bool = False  # `committing` ran and returned True (set on the caller's loop)
+    index: int = 0  # the op's slot in its group
 
     def expired(self, now: float) -> bool:
         return self.deadline is not None and self.deadline <= now
@@ -78,7 +104,11 @@ def _expired() -> StoreTimeout:
     return StoreTimeout("write not applied: its deadline passed before the store could commit it")
 
 
-def _resolve(future: asyncio.Future[Any], value: object) -> None:
+def _resolve(task: _Task[Any], value: object) -> None:
+    future = task.future
+    if isinstance(future, _Group):
+        future.fill(task.index, value)
+        return
     if future.done():  # the caller gave up (cancelled or timed out)
         return
     if isinstance(value, BaseException):
@@ -87,9 +117,9 @@ def _resolve(future: asyncio.Future[Any], value: object) -> None:
         future.set_result(value)
 
 
-def _resolve_all(answers: list[tuple[asyncio.Future[Any], object]]) -> None:
-    for future, value in answers:
-        _resolve(future, value)
+def _resolve_all(answers: list[tuple[_Task[Any], object]]) -> None:
+    for task, value in answers:
+        _resolve(task, value)
 
 
 class GroupCommitWriter(Generic[Op]):
@@ -141,24 +171,27 @@ class GroupCommitWriter(Generic[Op]):
         self._queue.put(_Task(op, future, loop, deadline, committing, committing is None))
         return await future
 
-    def submit_many(
+    async def submit_many(
         self,
         ops: Sequence[Op],
         deadline: float | None = None,
         committing: Callable[[], bool] | None = None,
-    ) -> list[asyncio.Future[Any]]:
-        """`submit` for several ops at once: one future per op, each resolved (or failed) on
-        its own, as if each had been submitted alone. They share `deadline` and `committing`
-        (which may then run more than once)."""
+    ) -> list[object]:
+        """`submit` for several ops at once: one result per op, in order, each a value or the
+        exception `submit` would have raised for that op alone (each commits or fails on its
+        own, as if submitted alone). They share `deadline` and `committing` (which may then run
+        more than once)."""
         if self._closed:
             raise StoreUnavailable("store is shutting down")
+        if not ops:
+            return []
         loop = asyncio.get_running_loop()
-        futures: list[asyncio.Future[Any]] = []
-        for op in ops:
-            future: asyncio.Future[Any] = loop.create_future()
-            self._queue.put(_Task(op, future, loop, deadline, committing, committing is None))
-            futures.append(future)
-        return futures
+        group = _Group(loop.create_future(), len(ops))
+        announced = committing is None
+        put = self._queue.put
+        for index, op in enumerate(ops):
+            put(_Task(op, group, loop, deadline, committing, announced, index))
+        return await group.future
 
     def close(self, timeout: float = 30.0) -> None:
         """Stop taking writes, let everything already queued commit in order, then stop."""
@@ -330,14 +363,14 @@ class GroupCommitWriter(Generic[Op]):
     def _deliver(self, task: _Task[Op], value: object) -> None:
         # A closed loop raises RuntimeError: nobody is left to tell.
         with contextlib.suppress(RuntimeError):
-            task.loop.call_soon_threadsafe(_resolve, task.future, value)
+            task.loop.call_soon_threadsafe(_resolve, task, value)
 
     def _deliver_all(self, answers: Iterable[tuple[_Task[Op], object]]) -> None:
         # One wake-up per caller loop for the whole batch: call_soon_threadsafe writes to the
         # loop's self-pipe each time, which per write cost as much as the rest of delivering.
-        by_loop: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Future[Any], object]]] = {}
+        by_loop: dict[asyncio.AbstractEventLoop, list[tuple[_Task[Op], object]]] = {}
         for task, value in answers:
-            by_loop.setdefault(task.loop, []).append((task.future, value))
+            by_loop.setdefault(task.loop, []).append((task, value))
         for loop, resolved in by_loop.items():
             with contextlib.suppress(RuntimeError):  # a closed loop: nobody is left to tell
                 loop.call_soon_threadsafe(_resolve_all, resolved)

@@ -17,7 +17,7 @@ import duckdb
 import pytest
 
 from service.errors import Invalid, StoreTimeout, StoreUnavailable
-from service.store.writer import GroupCommitWriter
+from service.store.writer import GroupCommitWriter, _Group
 from tests.store.conftest import settle, wait_until
 
 
@@ -366,3 +366,55 @@ async def test_a_lone_writer_does_not_wait_the_window(start_writer: StartWriter)
         assert await writer.submit(op) == f"done:{op}"
     assert time.monotonic() - started < 5.0
     assert ledger.attempts == [["a"], ["b"], ["c"]]
+
+
+async def test_submit_many_answers_each_op_alone_across_batches(
+    start_writer: StartWriter, ledger_db: duckdb.DuckDBPyConnection
+) -> None:
+    """`submit_many` answers one result per op, in order, only once every op has one, even when
+    its ops land in several batches (max_batch) and one of them is retried alone: a bad op gets
+    its own StoreUnavailable, an invalid one its own error, the others commit."""
+    writer, ledger = start_writer(max_batch=3)
+    hold = asyncio.create_task(writer.submit("hold"))
+    await ledger.parked()
+    ops = ["a", "bad-b", "c", "invalid-d", "e"]
+    many = asyncio.create_task(writer.submit_many(ops))
+    await settle()
+    ledger.release()
+    await hold
+    a, b, c, d, e = await many
+    assert (a, c, e) == ("done:a", "done:c", "done:e")
+    assert isinstance(b, StoreUnavailable)
+    assert isinstance(d, Invalid) and str(d) == "invalid-d"
+    assert ledger.attempts[1:] == [["a", "bad-b", "c"], ["a"], ["bad-b"], ["c"], ["invalid-d", "e"]]
+    assert ops_in(ledger_db) == ["hold", "a", "c", "e"]
+
+
+async def test_submit_many_of_nothing_answers_at_once(start_writer: StartWriter) -> None:
+    writer, _ = start_writer()
+    assert await asyncio.wait_for(writer.submit_many([]), 5) == []
+
+
+async def test_submit_many_past_its_deadline_applies_none(
+    start_writer: StartWriter, ledger_db: duckdb.DuckDBPyConnection
+) -> None:
+    writer, _ = start_writer()
+    results = await writer.submit_many(["a", "b"], deadline=time.time() - 1)
+    assert all(isinstance(r, StoreTimeout) for r in results)
+    assert ops_in(ledger_db) == []
+
+
+def test_a_group_counts_each_op_once() -> None:
+    """A write delivered twice (the writer's last-resort handler fails a whole batch, some of
+    which may already have been answered) must not count twice: the group would answer before
+    its other ops, with a hole in its results."""
+    loop = asyncio.new_event_loop()
+    try:
+        group = _Group(loop.create_future(), 2)
+        group.fill(0, "first")
+        group.fill(0, StoreUnavailable("the write failed in the store"))
+        assert not group.future.done()
+        group.fill(1, "second")
+        assert group.future.result() == ["first", "second"]
+    finally:
+        loop.close()
