@@ -32,10 +32,6 @@ class Settings(BaseSettings):
     # The path prefix a proxy serves the API under ("/dc") and strips: uvicorn's root_path.
     root_path: str = Field(default="", pattern=r"^(/[^/]+)*$")
     workers: int = Field(default=1, ge=1)
-    # Niceness the API workers add to their own (os.nice after fork; gunicorn's master and the
-    # store keep theirs). Every write waits for the store, the one writer: when the workers'
-    # fan-out and the clients keep both cores busy, the store should get a core first.
-    worker_nice: int = Field(default=0, ge=0, le=19)
 
     token_ttl_seconds: int = Field(default=7 * 24 * 3600, ge=60)
     cookie_name: str = "duckcast_session"

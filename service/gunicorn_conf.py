@@ -40,12 +40,6 @@ def on_starting(server: Any) -> None:
         os.makedirs(path, exist_ok=True)
 
 
-def post_fork(server: Any, worker: Any) -> None:
-    # The store (the single writer every POST waits for) and the master keep their priority.
-    if _settings.worker_nice:
-        os.nice(_settings.worker_nice)
-
-
 def child_exit(server: Any, worker: Any) -> None:
     if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         from prometheus_client import multiprocess

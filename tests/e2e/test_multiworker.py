@@ -350,18 +350,3 @@ def test_store_killed_mid_traffic_is_restarted_and_loses_no_acknowledged_write(
     assert not applied, f"answered 503 but applied: {sorted(applied)[:5]}"
     assert bad_log_lines(api.logs()) == []
     print(f"outage statuses: {dict(outage.statuses)}; slowest write {outage.slowest:.2f}s")
-
-
-def test_worker_nice_lowers_the_workers_priority_and_not_the_stores(
-    deployment: Deployment, redis_server: RedisServer
-) -> None:
-    """DUCKCAST_WORKER_NICE: every API worker runs that much nicer than the supervisor; the
-    store (the one writer every POST waits for) and gunicorn's master keep its niceness, so
-    the store gets a core first when the workers' fan-out keeps both busy."""
-    api = deployment.serve(workers=2, REDIS_URL=redis_server.url, DUCKCAST_WORKER_NICE="5")
-    tree = process_tree(api, workers=2)
-    base = os.getpriority(os.PRIO_PROCESS, api.pid)
-    nice = {pid: os.getpriority(os.PRIO_PROCESS, pid) - base for pid in tree.workers}
-    assert nice == {pid: 5 for pid in tree.workers}, api.log_tail()
-    assert os.getpriority(os.PRIO_PROCESS, tree.store) == base
-    assert os.getpriority(os.PRIO_PROCESS, tree.master) == base
