@@ -12,45 +12,27 @@ from __future__ import annotations
 import argparse
 import asyncio
 import re
-import socket
-import tempfile
 import time
 from datetime import datetime
-from pathlib import Path
+from typing import Any
 
-import uvicorn
 import uvloop
 
-from service.api.app import create_app
-from service.backplane.memory import MemoryBackplane
-from service.config import Settings
+from loadtests.served import served
 from service.pb import duckcast_pb2 as pb
-from service.worker import uvicorn_options
 
 UPDATED_AT = re.compile(rb'"updated_at":"([^"]+)"')
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
 async def measure(subscribers: int, rate: float, seconds: float) -> list[float]:
-    settings = Settings(data_dir=Path(tempfile.mkdtemp()) / "data", environment="development")
-    app = create_app(settings, backplane=MemoryBackplane())
-    port = free_port()
-    config = uvicorn.Config(
-        app, host="127.0.0.1", port=port, log_level="error", **uvicorn_options(settings)
-    )
-    server = uvicorn.Server(config)
-    serving = asyncio.create_task(server.serve())
-    while not server.started:  # noqa: ASYNC110  (uvicorn's flag; it has no event)
-        await asyncio.sleep(0.05)
+    async with served("latency") as (app, port, user_id, token):
+        return await _measure(app, port, user_id, token, subscribers, rate, seconds)
+
+
+async def _measure(
+    app: Any, port: int, user_id: int, token: str, subscribers: int, rate: float, seconds: float
+) -> list[float]:
     store = app.state.store
-    user = await store.create_user("latency", "not-a-hash")
-    token = app.state.signer.issue(user.id).value
     lags: list[float] = []
 
     async def subscriber() -> None:
@@ -70,14 +52,11 @@ async def measure(subscribers: int, rate: float, seconds: float) -> list[float]:
     start, n = time.monotonic(), 0
     while time.monotonic() - start < seconds:
         await asyncio.sleep(max(0.0, start + n / rate - time.monotonic()))
-        await store.create_items(user.id, [pb.ItemCreate(title=f"t{n}")])
+        await store.create_items(user_id, [pb.ItemCreate(title=f"t{n}")])
         n += 1
     await asyncio.sleep(0.5)
     for client in clients:
         client.cancel()
-    app.state.ring.close()
-    server.should_exit = True
-    await serving
     return sorted(lags)
 
 

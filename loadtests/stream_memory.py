@@ -22,24 +22,12 @@ import gc
 import multiprocessing
 import os
 import socket
-import tempfile
 import time
 import tracemalloc
 from multiprocessing.connection import Connection
-from pathlib import Path
+from typing import Any
 
-import uvicorn
 import uvloop
-
-from service.config import Settings
-from service.worker import uvicorn_options
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 def request(kind: str, token: str) -> bytes:
@@ -84,22 +72,17 @@ def clients(port: int, kind: str, token: str, pipe: Connection) -> None:
 
 
 async def measure(kind: str, streams: int, top: int, frames: int) -> None:
-    from service.api.app import create_app
-    from service.backplane.memory import MemoryBackplane
+    # not at the top: the spawned client process imports this module and needs no app
+    from loadtests.served import served
 
-    settings = Settings(data_dir=Path(tempfile.mkdtemp()) / "data", environment="development")
-    app = create_app(settings, backplane=MemoryBackplane())
-    port = free_port()
-    config = uvicorn.Config(
-        app, host="127.0.0.1", port=port, log_level="error", **uvicorn_options(settings)
-    )
-    server = uvicorn.Server(config)
-    serving = asyncio.create_task(server.serve())
-    while not server.started:  # noqa: ASYNC110  (uvicorn's flag; it has no event)
-        await asyncio.sleep(0.05)
+    async with served("memory") as (app, port, _, token):
+        await _measure(app, port, token, kind, streams, top, frames)
+
+
+async def _measure(
+    app: Any, port: int, token: str, kind: str, streams: int, top: int, frames: int
+) -> None:
     ring = app.state.ring
-    user = await app.state.store.create_user("memory", "not-a-hash")
-    token = app.state.signer.issue(user.id).value
 
     ours, theirs = multiprocessing.Pipe()
     child = multiprocessing.get_context("spawn").Process(
@@ -153,9 +136,6 @@ async def measure(kind: str, streams: int, top: int, frames: int) -> None:
             print(f"           {_short(frame.filename)}:{frame.lineno}")
     await ask(-1)
     child.join(5)
-    ring.close()
-    server.should_exit = True
-    await serving
 
 
 def _short(path: str) -> str:
