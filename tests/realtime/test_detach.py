@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import gc
 import logging
 import os
 import socket
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +24,7 @@ from prometheus_client import REGISTRY
 from starlette.types import ASGIApp, Receive, Scope, Send
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResponseCycle
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
+from websockets.asyncio.client import ClientConnection
 from websockets.exceptions import ConnectionClosed
 
 from service.api.connection import Detached, DetachedHttp, DetachedWebSocket
@@ -31,6 +33,7 @@ from service.pb import duckcast_pb2 as pb
 from service.realtime.ring import Cursor
 from tests.realtime.conftest import (
     TIMEOUT,
+    Account,
     Live,
     open_sse,
     recv,
@@ -40,6 +43,7 @@ from tests.realtime.conftest import (
     until,
     ws_connect,
 )
+from tests.sse import EventStream
 
 # what uvicorn keeps per connection and per request, freed once its streams are detached
 SERVER_OBJECTS = (HttpToolsProtocol, RequestResponseCycle, WebSocketsSansIOProtocol)
@@ -71,6 +75,19 @@ async def detached(live: Live, n: int = 1) -> list[Cursor]:
         what="detached and parked",
     )
     return list(live.ring._cursors)
+
+
+@contextlib.asynccontextmanager
+async def both_detached(
+    live: Live, alice: Account, ws_params: dict[str, str] | None = None
+) -> AsyncIterator[tuple[EventStream, ClientConnection, list[Cursor]]]:
+    """An SSE and a WebSocket stream of alice's, open and both detached."""
+    async with (
+        open_sse(live, headers=alice.headers) as sse,
+        ws_connect(live, alice, params=ws_params or {}) as ws,
+    ):
+        await sse.expect("connected")
+        yield sse, ws, await detached(live, 2)
 
 
 def stop_sweeping(live: Live) -> None:
@@ -106,12 +123,7 @@ async def _idle_stream(
         uvicorn_log.addHandler(caplog.handler)  # after uvicorn's own logging configuration
         alice = await live.user("alice")
         await settled(live)
-        async with (
-            open_sse(live, headers=alice.headers) as sse,
-            ws_connect(live, alice, params={"format": "json"}) as ws,
-        ):
-            await sse.expect("connected")
-            cursors = await detached(live, 2)
+        async with both_detached(live, alice, {"format": "json"}) as (sse, ws, cursors):
             kinds = {type(c.conn) for c in cursors}
             assert kinds == {DetachedHttp, DetachedWebSocket}
             assert asgi_tasks() == []
@@ -208,12 +220,7 @@ async def test_uvicorn_shutdown_closes_detached_streams_with_the_documented_clos
     async with serve(settings(tmp_path)) as live:
         alice = await live.user("alice")
         await settled(live)
-        async with (
-            open_sse(live, headers=alice.headers) as sse,
-            ws_connect(live, alice) as ws,
-        ):
-            await sse.expect("connected")
-            cursors = await detached(live, 2)
+        async with both_detached(live, alice) as (sse, ws, cursors):
             conns = cursors[0].conn._connections  # type: ignore[union-attr]
             for conn in list(conns):  # what uvicorn's Server.shutdown does
                 conn.shutdown()
@@ -299,12 +306,7 @@ async def test_a_middleware_sees_the_stream_request_and_its_call_returns_at_deta
     async with serve(settings(tmp_path), recording(seen), root_path="/prefix") as live:
         alice = await live.user("alice")
         await settled(live)
-        async with (
-            open_sse(live, headers=alice.headers) as sse,
-            ws_connect(live, alice, params={"format": "json"}) as ws,
-        ):
-            await sse.expect("connected")
-            await detached(live, 2)
+        async with both_detached(live, alice, {"format": "json"}) as (sse, ws, _):
             await until(lambda: len(seen) == 4, what="both calls returned")
             assert sorted(seen) == [
                 "enter http /prefix/api/events",
