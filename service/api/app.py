@@ -58,6 +58,7 @@ def create_app(
         store=store,
         flush_interval=settings.stream_flush_ms / 1000,
         stall_seconds=settings.stream_stall_seconds,
+        revoked=revoked,
     )
     poll = 1.0
     if settings.store_url and not settings.redis_url:

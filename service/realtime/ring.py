@@ -19,8 +19,9 @@ the store's event log (`LogPages`: bounded pages, shared by cursors reading the 
 and then joins the ring, so resume, worker start-up, replay after a reset and slow clients are
 one path. A periodic sweep, independent of traffic, drops a subscriber whose send has been
 blocked for `stall_seconds` while its cursor fell out of the ring (it resumes from its last
-seq), ends streams whose client has gone or has sent a WebSocket message, and aborts the
-connection of a dropped stream that is still blocked after a grace.
+seq), ends streams whose client has gone or has sent a WebSocket message, or whose session
+token has expired or been revoked, and aborts the connection of a dropped stream that is still
+blocked after a grace.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ import math
 import os
 import time
 from collections import OrderedDict
+from collections.abc import Container
 from typing import Any, NamedTuple, Protocol
 
 import orjson
@@ -70,7 +72,7 @@ MAX_PAGE = 1000
 # A dropped stream that has not ended this long after (its send is blocked on a client that
 # stopped reading) has its connection aborted. After an overflow the client may still read
 # again and learn why it was dropped; at shutdown the worker must not wait for it.
-ABORT_GRACE = {"overflow": 60.0, "policy": 1.0, "shutdown": 1.0}
+ABORT_GRACE = {"overflow": 60.0, "policy": 1.0, "shutdown": 1.0, "expired": 1.0}
 # A fan-out yields the event loop after FANOUT_SLICE parked subscribers or FANOUT_TURN
 # seconds, whichever comes first: every other ready callback of the worker (a request's I/O,
 # the relay's next message, a store reply) waits for at most one such turn. Measured at 1,000
@@ -273,6 +275,7 @@ class Cursor:
 
     __slots__ = (
         "conn",
+        "expires_at",
         "filters",
         "finished",
         "parked",
@@ -280,6 +283,7 @@ class Cursor:
         "reason",
         "sending",
         "seq",
+        "token_id",
         "transport",
     )
 
@@ -296,6 +300,9 @@ class Cursor:
         self.pusher: Pusher | None = None  # set by the stream if its server allows it
         # while the fan-out writes for the stream: what its coroutine awaits (or what starts one)
         self.parked: Waker | None = None
+        # the session the stream was opened with: it ends when that token expires or is revoked
+        self.expires_at = math.inf  # unix seconds
+        self.token_id: str | None = None
 
 
 class Page(NamedTuple):
@@ -366,10 +373,12 @@ class Ring:
         page_bytes: int = 4 * MiB,
         page_cache_bytes: int = 16 * MiB,
         fanout_turn: float = FANOUT_TURN,
+        revoked: Container[str] = frozenset(),
     ) -> None:
         self.max_events = max_events
         self.max_bytes = max_bytes
         self.stall_seconds = stall_seconds
+        self.revoked = revoked  # ids of revoked session tokens (the worker's RevokedTokens)
         self.seq = 0  # the head: the last seq appended (the store's seq once started)
         self.started = False  # the relay has told us the store's seq: streams may open
         self.closing = False
@@ -464,14 +473,25 @@ class Ring:
         return len(self._cursors)
 
     def subscribe(
-        self, since: int | None, filters: Filters, transport: str, conn: Connection | None
+        self,
+        since: int | None,
+        filters: Filters,
+        transport: str,
+        conn: Connection | None,
+        *,
+        expires_at: float = math.inf,
+        token_id: str | None = None,
     ) -> Cursor:
+        """A cursor at `since` (None: the head); the sweep ends its stream ("expired") at
+        `expires_at` (unix seconds) or once `token_id` is among the revoked."""
         cursor = Cursor(
             self.seq if since is None else since,
             filters if filters != NO_FILTERS else None,
             transport,
             conn,
         )
+        cursor.expires_at = expires_at
+        cursor.token_id = token_id
         STREAM_OPENS.labels(transport).inc()
         if self.closing:
             cursor.reason = "shutdown"
@@ -706,8 +726,9 @@ class Ring:
 
     def _sweep(self) -> None:
         """Every _sweep_interval, whatever the traffic: drop what must end."""
-        now = time.monotonic()
+        now, wall = time.monotonic(), time.time()
         oldest = self.first - 1  # a cursor below this has fallen out of the ring
+        revoked = self.revoked
         ended = False
         for cursor in list(self._cursors):
             conn = cursor.conn
@@ -715,6 +736,10 @@ class Ring:
                 self.drop(cursor, "client")
             elif conn is not None and conn.client_sent():
                 self.drop(cursor, "policy")
+            elif cursor.expires_at <= wall or (
+                cursor.token_id is not None and cursor.token_id in revoked
+            ):
+                self.drop(cursor, "expired")
             elif (
                 cursor.sending
                 and cursor.seq < oldest

@@ -26,6 +26,7 @@ from starlette.responses import Response
 from starlette.routing import WebSocketRoute
 from starlette.types import Receive, Scope, Send
 
+from service.api.auth import Token
 from service.api.connection import (
     Detached,
     DetachedHttp,
@@ -52,7 +53,7 @@ router = APIRouter(tags=["events"], route_class=LeanRoute)
 RETRY_MS = 2000
 # WebSocket close codes, documented in the README.
 WS_OVERFLOW = 4008  # the subscriber fell too far behind; reconnect with ?since=<last seq>
-WS_UNAUTHORIZED = 4401
+WS_UNAUTHORIZED = 4401  # not authenticated, or the session expired or was revoked meanwhile
 WS_POLICY = 1008  # invalid query parameters, or the client sent messages on this socket
 SERVICE_RESTART = 1012  # this worker is shutting down; reconnect (to another worker)
 STORE_GONE = 1011
@@ -68,6 +69,7 @@ SSE_HEADERS = [
     (b"x-accel-buffering", b"no"),
 ]
 OVERFLOW_EVENT = b'event: overflow\ndata: {"reason": "too slow"}\n\n'
+EXPIRED_EVENT = b"event: expired\ndata: {}\n\n"
 KEEPALIVE_COMMENT = b": keep-alive\n\n"
 
 
@@ -115,11 +117,11 @@ SSE_LAG = _observe_lag("sse")
 WS_LAG = _observe_lag("ws")
 
 
-def _sse_params(request: Request) -> tuple[Filters, int | None]:
-    stream_session(request)
+def _sse_params(request: Request) -> tuple[Filters, int | None, Token]:
+    token = stream_session(request)
     query = request.query_params
     resume = request.headers.get("last-event-id") or query.get("last_event_id")
-    return _filters(query), _int("Last-Event-ID", resume, 0, MAX_SEQ)
+    return _filters(query), _int("Last-Event-ID", resume, 0, MAX_SEQ), token
 
 
 def _ws_params(conn: HTTPConnection) -> tuple[Filters, int | None, bool]:
@@ -341,14 +343,17 @@ def _payload(frame: bytes) -> bytes:
 async def sse_stream(scope: Scope, receive: Receive, send: Send) -> None:
     ring, _ = _context(scope)
     try:
-        filters, since = _sse_params(Request(scope))
+        filters, since, token = _sse_params(Request(scope))
         if not ring.started:
             raise StoreUnavailable("the event stream is not ready yet; retry")
     except DuckcastError as exc:
         await error_response(Request(scope), exc)(scope, receive, send)
         return
     conn = connection(send, receive)
-    cursor = ring.subscribe(since, filters, "sse", conn)
+    cursor = ring.subscribe(
+        since, filters, "sse", conn, expires_at=token.expires_at, token_id=token.id
+    )
+    del token
     out = _SseOut(send, cursor, direct(conn), ring)
     cursor.pusher = out if out.direct is not None else None
     opened = False
@@ -381,6 +386,8 @@ async def _sse_tail(out: _SseOut) -> None:
         except Closed as closed:
             if closed.reason == "overflow":
                 final = OVERFLOW_EVENT
+            elif closed.reason == "expired":
+                final = EXPIRED_EVENT
         except DuckcastError as exc:  # the store went away during replay
             ending = "error"
             final = b"event: error\ndata: %s\n\n" % exc.message.encode()
@@ -405,7 +412,7 @@ async def ws_stream(scope: Scope, receive: Receive, send: Send) -> None:
         return
     await send({"type": "websocket.accept"})
     try:
-        stream_session(HTTPConnection(scope))
+        token = stream_session(HTTPConnection(scope))
     except DuckcastError:
         await send(
             {"type": "websocket.close", "code": WS_UNAUTHORIZED, "reason": "not authenticated"}
@@ -417,7 +424,10 @@ async def ws_stream(scope: Scope, receive: Receive, send: Send) -> None:
         await send({"type": "websocket.close", "code": WS_POLICY, "reason": exc.message[:120]})
         return
     conn = connection(send, receive)
-    cursor = ring.subscribe(since, filters, "ws", conn)
+    cursor = ring.subscribe(
+        since, filters, "ws", conn, expires_at=token.expires_at, token_id=token.id
+    )
+    del token
     out = (_WsJsonOut if as_json else _WsProtoOut)(send, cursor, direct(conn), ring)
     cursor.pusher = out if out.direct is not None else None
     del conn  # a detached stream keeps none of the request's objects
@@ -441,6 +451,8 @@ async def _ws_tail(out: _WsOut) -> None:
                 code, reason = SERVICE_RESTART, "worker restarting; reconnect with ?since="
             elif closed.reason == "policy":
                 code, reason = WS_POLICY, "clients send nothing on this socket"
+            elif closed.reason == "expired":
+                code, reason = WS_UNAUTHORIZED, "session expired or revoked; log in again"
         except OSError:
             pass  # the client went away mid-send
         except DuckcastError:
