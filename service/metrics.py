@@ -163,7 +163,8 @@ DELIVERIES = Counter(
 )
 DROPPED = Counter(
     "duckcast_subscribers_dropped_total",
-    "Subscribers the server disconnected (overflow: too slow; shutdown: worker stopping)",
+    "Subscribers the server disconnected (overflow: too slow; shutdown: worker stopping; "
+    "policy: a WebSocket client sent a message; expired: the token expired or was revoked)",
     ["reason"],
 )
 

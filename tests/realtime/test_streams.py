@@ -115,6 +115,14 @@ async def test_resume_during_worker_start_up_gets_every_event(tmp_path: Path) ->
             r = await http.get("/api/events", headers=alice.headers)
             assert r.status_code == 503, r.text
             assert r.headers["retry-after"] == "1"
+            # and the worker says it is not ready (README, Health)
+            r = await http.get("/readyz")
+            assert r.status_code == 503, r.text
+            assert r.json() == {
+                "status": "unavailable",
+                "reasons": ["events: event relay not started"],
+            }
+            assert r.headers["retry-after"] == "1"
         async with ws_connect(live, alice) as ws:
             with pytest.raises(ConnectionClosed) as closed:
                 await recv(ws)
@@ -123,6 +131,8 @@ async def test_resume_during_worker_start_up_gets_every_event(tmp_path: Path) ->
 
         gate.set()
         await until(lambda: live.ring.started, what="the relay started")
+        async with live.http() as http:
+            assert (await http.get("/readyz")).json() == {"status": "ready"}
         since = before - 5
         async with open_sse(live, headers={"Last-Event-ID": str(since), **alice.headers}) as sse:
             await sse.expect("connected")
@@ -344,7 +354,9 @@ async def test_a_burst_reaches_a_parked_sse_stream_in_writes_of_bounded_size(
 
 async def test_a_parked_sse_stream_gets_keepalives_from_the_fan_out(live: Live) -> None:
     """The ring's keep-alive tick reaches a parked SSE stream as a comment, written by the
-    fan-out (the stream's coroutine stays parked)."""
+    fan-out (the stream's coroutine stays parked); the app's tick comes at least every 30 s
+    (README, Change streams: proxies close connections idle for longer)."""
+    assert live.ring._keepalive <= 30
     alice = await live.user("alice")
     await settled(live)
     sock = await open_raw_sse(live, alice.token)
