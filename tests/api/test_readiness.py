@@ -1,7 +1,7 @@
 """/readyz fails only when this worker cannot serve: the store unreachable. A dead backplane
 (Redis) is `degraded` in the body and in duckcast_backplane_connected, never a 503: events
 still reach subscribers from the store's log, so a Redis blip must not take every worker out
-of a load balancer."""
+of a load balancer. And what a worker without its store still owes a user: signing out."""
 
 from __future__ import annotations
 
@@ -89,3 +89,25 @@ async def test_unreachable_store_is_not_ready(tmp_path: Path) -> None:
             assert r.json()["reasons"][0].startswith("store: ")
             assert r.headers["retry-after"] == "1"
             assert (await c.get("/healthz")).status_code == 200
+
+
+async def test_logout_without_a_store_is_503_and_still_clears_the_cookie(tmp_path: Path) -> None:
+    """README (Additions to the public contract): if the store cannot record the revocation,
+    logout answers 503 with Retry-After (the token is not revoked: retry), and the session
+    cookie is cleared all the same, so the browser is signed out either way."""
+    settings = Settings(data_dir=tmp_path / "data", store_url=f"tcp:127.0.0.1:{free_port()}")
+    app = create_app(settings)
+    async with app.router.lifespan_context(app):
+        token = app.state.signer.issue(1).value
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(
+            transport=transport, base_url="http://test", cookies={settings.cookie_name: token}
+        ) as c:
+            r = await c.post("/api/logout", headers={"Authorization": f"Bearer {token}"})
+            assert r.status_code == 503, r.text
+            assert "retry-after" in r.headers
+            cleared = r.headers["set-cookie"]
+            assert cleared.startswith(f'{settings.cookie_name}=""') or cleared.startswith(
+                f"{settings.cookie_name}=;"
+            ), cleared
+            assert "max-age=0" in cleared.lower(), cleared
