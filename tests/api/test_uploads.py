@@ -37,8 +37,9 @@ async def test_upload_round_trip(
     client: httpx.AsyncClient, alice: Account, settings: Settings, wire: Wire
 ) -> None:
     """POST /api/upload answers 201 {filename, url, size, content_type} in the negotiated
-    format; GET url returns the very same bytes with X-Content-Type-Options: nosniff, and the
-    file sits in the uploads dir under the generated name."""
+    format; GET url returns the very same bytes with X-Content-Type-Options: nosniff and a
+    sandbox CSP (an uploaded page runs no script on our origin: README, Additions to the
+    public contract), and the file sits in the uploads dir under the generated name."""
     data = b"hello, duckcast\n" * 40
     r = await client.post(
         "/api/upload",
@@ -59,6 +60,7 @@ async def test_upload_round_trip(
     assert got.status_code == 200
     assert got.content == data
     assert got.headers["x-content-type-options"] == "nosniff"
+    assert got.headers["content-security-policy"].split(";")[0] == "sandbox"
 
 
 async def test_upload_binary_without_extension(client: httpx.AsyncClient, alice: Account) -> None:
