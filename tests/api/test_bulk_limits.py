@@ -63,3 +63,18 @@ async def test_a_bulk_at_the_limit_still_works(client: httpx.AsyncClient, alice:
     )
     assert r.status_code == 422
     assert (await client.get("/api/items", headers=alice.headers)).json()["total"] == 2000
+
+
+async def test_json_with_more_structure_than_the_limit_allows_is_400(
+    client: httpx.AsyncClient, alice: Account
+) -> None:
+    """README (Additions to the public contract): JSON with more structure than 1,000 items
+    could have is 400, refused before it is parsed, even with a single entry (here one
+    ItemCreate carrying an array of 40,000 numbers in a field nobody reads)."""
+    flat = b"[" + b"0," * 40_000 + b"0]"
+    body = b'{"items": [{"title": "t", "extra": ' + flat + b"}]}"
+    headers = {**alice.headers, "Content-Type": JSON}
+    r = await client.post("/api/items/bulk", content=body, headers=headers)
+    assert r.status_code == 400, r.text
+    assert "more JSON structure than 1000 items" in error_message(r, JSON)
+    assert (await client.get("/api/items", headers=alice.headers)).json()["total"] == 0
