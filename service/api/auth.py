@@ -110,11 +110,14 @@ class RevokedTokens:
 
     def __init__(self) -> None:
         self._expiry: dict[str, int] = {}
+        self.version = 0  # grows with every id added (the ring's sweep rechecks streams then)
 
     def add(self, token: Token) -> None:
         self.add_id(token.id, token.expires_at)
 
     def add_id(self, token_id: str, expires_at: int) -> None:
+        if token_id not in self._expiry:
+            self.version += 1
         self._expiry[token_id] = expires_at
 
     def prune(self, now: float | None = None) -> None:
