@@ -4,8 +4,8 @@ A stream must learn, without a task of its own, that its client has gone, that a
 client sent a message (clients have nothing to say on /ws/items: closed 1008), and must be able
 to end a client that stopped reading (a send blocked on it would otherwise hold the worker).
 ASGI has no way to say any of this without reading `receive` in a second task, so under uvicorn
-(pinned in pyproject.toml; tests/realtime/test_streams.py runs every `http=` and `ws=`
-implementation) this reads the connection object behind `send`:
+(bounded in pyproject.toml; tests/realtime/test_streams.py runs h11, httptools and every
+`ws=` implementation) this reads the connection object behind `send`:
 
 - HTTP (h11, httptools): the request cycle's `disconnected` flag and `transport`.
 - WebSocket `websockets` (legacy protocol): its `messages` deque and `closed` state.
