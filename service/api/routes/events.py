@@ -350,10 +350,7 @@ async def sse_stream(scope: Scope, receive: Receive, send: Send) -> None:
         await error_response(Request(scope), exc)(scope, receive, send)
         return
     conn = connection(send, receive)
-    cursor = ring.subscribe(
-        since, filters, "sse", conn, expires_at=token.expires_at, token_id=token.id
-    )
-    del token
+    cursor = ring.subscribe(since, filters, "sse", conn, expires_at=token.expires_at, session=token)
     out = _SseOut(send, cursor, direct(conn), ring)
     cursor.pusher = out if out.direct is not None else None
     opened = False
@@ -424,10 +421,7 @@ async def ws_stream(scope: Scope, receive: Receive, send: Send) -> None:
         await send({"type": "websocket.close", "code": WS_POLICY, "reason": exc.message[:120]})
         return
     conn = connection(send, receive)
-    cursor = ring.subscribe(
-        since, filters, "ws", conn, expires_at=token.expires_at, token_id=token.id
-    )
-    del token
+    cursor = ring.subscribe(since, filters, "ws", conn, expires_at=token.expires_at, session=token)
     out = (_WsJsonOut if as_json else _WsProtoOut)(send, cursor, direct(conn), ring)
     cursor.pusher = out if out.direct is not None else None
     del conn  # a detached stream keeps none of the request's objects
