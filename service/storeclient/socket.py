@@ -26,9 +26,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import time
 from collections.abc import Sequence
+from typing import Any
 
+from service import hoptrace
 from service.errors import Invalid, StoreTimeout, StoreUnavailable, WriteInDoubt
 from service.pb import duckcast_pb2 as pb
 from service.pb import store_pb2 as spb
@@ -54,6 +57,7 @@ COMMIT_MARGIN_MAX = 1.0
 # (a commit takes milliseconds: only a paused or stalled store makes this wait), then 504.
 IN_DOUBT_WAIT = 10.0
 _Create = tuple[spb.CreateItems, asyncio.Future[tuple[pb.ItemList, int]]]
+_CREATES = ("create_items", "create_many")  # the requests service.hoptrace follows
 MAX_COALESCED = 256  # creates per CreateMany (single-item creates: a few KB each at most)
 
 
@@ -82,6 +86,12 @@ class SocketStoreClient(StoreClient):
         # Single-item creates of a loop turn go as one CreateMany; off for a store without it.
         self.coalesce = True
         self._coalescing: set[asyncio.Task[None]] = set()
+        # service.hoptrace (diagnostic, off by default): creates' rows by their future, and
+        # when each request's frame was written and its answer read
+        self._rows: dict[asyncio.Future[tuple[pb.ItemList, int]], dict[str, Any]] = {}
+        self._unsent: list[int] = []
+        self._sent_at: dict[int, float] = {}
+        self._read_at: dict[int, float] = {}
 
     @property
     def commit_margin(self) -> float:
@@ -119,6 +129,8 @@ class SocketStoreClient(StoreClient):
             self._pending[rid] = future
             self._deadlines[rid] = deadline
             self._send(encode_frame(req.SerializeToString()))
+            if hoptrace.HOPS is not None and req.WhichOneof("op") in _CREATES:
+                self._unsent.append(rid)
             if self._sweeper is None:
                 self._sweeper = loop.call_later(SWEEP_INTERVAL, self._sweep)
             try:
@@ -145,7 +157,17 @@ class SocketStoreClient(StoreClient):
         self._creates.append((op, future))
         if len(self._creates) == 1:
             loop.call_soon(self._send_creates)
-        return await future
+        row = hoptrace.POST.get() if hoptrace.HOPS is not None else None
+        if row is None:
+            return await future
+        row["call"] = time.monotonic()
+        self._rows[future] = row
+        try:
+            answer = await future
+        finally:
+            self._rows.pop(future, None)
+        row["resumed"] = time.monotonic()
+        return answer
 
     def _send_creates(self) -> None:
         creates, self._creates = self._creates, []
@@ -177,6 +199,8 @@ class SocketStoreClient(StoreClient):
         except Exception as exc:  # the request as a whole: every create gets it
             _fail_all(creates, exc)
             return
+        if hoptrace.HOPS is not None:
+            self._stamp(req.id, creates)
         answers = resp.created_many.answers
         if len(answers) != len(creates):
             lost = StoreUnavailable(f"the store answered {len(answers)} of {len(creates)} creates")
@@ -195,13 +219,25 @@ class SocketStoreClient(StoreClient):
     async def _create_one(
         self, op: spb.CreateItems, future: asyncio.Future[tuple[pb.ItemList, int]]
     ) -> None:
+        req = spb.StoreRequest(create_items=op)
         try:
-            resp = await self._ok(spb.StoreRequest(create_items=op))
+            resp = await self._ok(req)
         except Exception as exc:
             _fail_all([(op, future)], exc)
             return
+        if hoptrace.HOPS is not None:
+            self._stamp(req.id, [(op, future)])
         if not future.done():
             future.set_result((resp.items, resp.seq))
+
+    def _stamp(self, rid: int, creates: list[_Create]) -> None:
+        """service.hoptrace: the request's hops into the rows of the creates it carried."""
+        now = time.monotonic()
+        sent, read = self._sent_at.pop(rid, 0.0), self._read_at.pop(rid, 0.0)
+        for _, future in creates:
+            row = self._rows.get(future)
+            if row is not None:
+                row.update(pid=os.getpid(), rid=rid, sent=sent, read=read, resolved=now)
 
     def _timed_out(self) -> StoreTimeout:
         return StoreTimeout(f"the store did not answer within {self.timeout:g}s")
@@ -236,6 +272,11 @@ class SocketStoreClient(StoreClient):
         out, self._out = self._out, []
         if self._writer is not None and not self._writer.is_closing():
             self._writer.write(b"".join(out))
+        if self._unsent:  # service.hoptrace
+            now = time.monotonic()
+            for rid in self._unsent:
+                self._sent_at[rid] = now
+            self._unsent.clear()
 
     async def _connection(self, deadline: float) -> asyncio.StreamWriter:
         if self._writer is not None and not self._writer.is_closing():
@@ -300,6 +341,8 @@ class SocketStoreClient(StoreClient):
                 if resp.WhichOneof("result") == "committing":
                     self._in_doubt.add(resp.id)
                 else:
+                    if resp.id in self._sent_at:  # service.hoptrace
+                        self._read_at[resp.id] = time.monotonic()
                     future.set_result(resp)
         except asyncio.CancelledError:
             raise
