@@ -28,14 +28,14 @@ import contextlib
 import logging
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from service import hoptrace
 from service.errors import Invalid, StoreTimeout, StoreUnavailable, WriteInDoubt
 from service.pb import duckcast_pb2 as pb
 from service.pb import store_pb2 as spb
-from service.storeclient.base import StoreClient, count_request, create_op
+from service.storeclient.base import StoreClient, count_request, create_op, observe_latency
 from service.storeclient.handshake import HandshakeError, client_handshake
 from service.storeclient.protocol import (
     UNKNOWN_OPERATION,
@@ -92,6 +92,8 @@ class SocketStoreClient(StoreClient):
         self._unsent: list[int] = []
         self._sent_at: dict[int, float] = {}
         self._read_at: dict[int, float] = {}
+        # `_send_now` requests: what to do with the answer, run as the read loop reads it
+        self._on_answer: dict[int, Callable[[], None]] = {}
 
     @property
     def commit_margin(self) -> float:
@@ -121,26 +123,38 @@ class SocketStoreClient(StoreClient):
             await self._slots.acquire()
         try:
             await self._connection(deadline)
-            req.id = rid = self._next_id
-            self._next_id += 1
-            store_deadline = time.time() + deadline - loop.time() - self.commit_margin
-            req.deadline_us = int(store_deadline * 1_000_000)
-            future: asyncio.Future[spb.StoreResponse] = loop.create_future()
-            self._pending[rid] = future
-            self._deadlines[rid] = deadline
-            self._send(encode_frame(req.SerializeToString()))
-            if hoptrace.HOPS is not None and req.WhichOneof("op") in _CREATES:
-                self._unsent.append(rid)
-            if self._sweeper is None:
-                self._sweeper = loop.call_later(SWEEP_INTERVAL, self._sweep)
+            rid, future = self._begin(req, deadline)
             try:
                 return await future
             finally:
-                self._pending.pop(rid, None)
-                self._deadlines.pop(rid, None)
-                self._in_doubt.discard(rid)
+                self._end(rid)
         finally:
             self._slots.release()
+
+    def _begin(
+        self, req: spb.StoreRequest, deadline: float
+    ) -> tuple[int, asyncio.Future[spb.StoreResponse]]:
+        """What `call` does once it has a slot and a connection, none of which waits: the
+        request gets its id and deadlines and is on its way (with this loop turn's frames)."""
+        loop = asyncio.get_running_loop()
+        req.id = rid = self._next_id
+        self._next_id += 1
+        store_deadline = time.time() + deadline - loop.time() - self.commit_margin
+        req.deadline_us = int(store_deadline * 1_000_000)
+        future: asyncio.Future[spb.StoreResponse] = loop.create_future()
+        self._pending[rid] = future
+        self._deadlines[rid] = deadline
+        self._send(encode_frame(req.SerializeToString()))
+        if hoptrace.HOPS is not None and req.WhichOneof("op") in _CREATES:
+            self._unsent.append(rid)
+        if self._sweeper is None:
+            self._sweeper = loop.call_later(SWEEP_INTERVAL, self._sweep)
+        return rid, future
+
+    def _end(self, rid: int) -> None:
+        self._pending.pop(rid, None)
+        self._deadlines.pop(rid, None)
+        self._in_doubt.discard(rid)
 
     async def create_items_at(
         self,
@@ -172,11 +186,96 @@ class SocketStoreClient(StoreClient):
     def _send_creates(self) -> None:
         creates, self._creates = self._creates, []
         for start in range(0, len(creates), MAX_COALESCED):
-            task = asyncio.get_running_loop().create_task(
-                self._create_many(creates[start : start + MAX_COALESCED])
-            )
+            chunk = creates[start : start + MAX_COALESCED]
+            if self._send_now(chunk):
+                continue
+            task = asyncio.get_running_loop().create_task(self._create_many(chunk))
             self._coalescing.add(task)
             task.add_done_callback(self._coalescing.discard)
+        # Now, not a loop turn later: the creates of this turn are all in (see _send_now).
+        self._flush()
+
+    def _send_now(self, creates: list[_Create]) -> bool:
+        """The creates' request written in this callback, and their answer handed out by the
+        read loop itself (`_answered`): no task on either side. Each task step or call_soon
+        is a turn of the worker's loop, and under fan-out a turn waits behind a fan-out turn
+        (~1 ms, more when the cores are busy): with tasks, a create's store call took four
+        turns to leave and two more to reach its handler (README, Fan-out: POST latency).
+        False when the task path must take them: no connection (it may have to wait for
+        one), no free slot, or coalescing is off."""
+        writer = self._writer
+        if not self.coalesce or writer is None or writer.is_closing():
+            return False
+        if not _acquire_now(self._slots):
+            return False
+        if len(creates) == 1:
+            req = spb.StoreRequest(create_items=creates[0][0])
+        else:
+            req = spb.StoreRequest(create_many=spb.CreateMany(creates=[op for op, _ in creates]))
+        rid, future = self._begin(req, asyncio.get_running_loop().time() + self.timeout)
+        started = time.perf_counter()
+
+        def answered() -> None:
+            self._end(rid)
+            self._slots.release()
+            self._created(req, creates, future, started)
+
+        self._on_answer[rid] = answered
+        # Timeouts and a lost connection fail the future: they come this way.
+        future.add_done_callback(lambda _: self._answered(rid))
+        return True
+
+    def _answered(self, rid: int) -> None:
+        """Once per `_send_now` request: from the read loop as its answer is read, or from its
+        future's callback when it failed (deadline, lost connection)."""
+        hook = self._on_answer.pop(rid, None)
+        if hook is not None:
+            hook()
+
+    def _created(
+        self,
+        req: spb.StoreRequest,
+        creates: list[_Create],
+        future: asyncio.Future[spb.StoreResponse],
+        started: float,
+    ) -> None:
+        """The outcome of a `_send_now` request into its creates' futures, counted and timed
+        as `_ok` and `_create_many` / `_create_one` do on the task path."""
+        op = req.WhichOneof("op") or "create_items"
+        if future.cancelled():
+            _fail_all(creates, StoreUnavailable("store client closed"))
+            return
+        failed = future.exception()
+        if failed is not None:
+            if isinstance(failed, StoreUnavailable):
+                count_request(op, "unavailable")
+            _fail_all(creates, failed)
+            return
+        resp = future.result()
+        observe_latency(op, time.perf_counter() - started)
+        if resp.WhichOneof("result") == "error":
+            count_request(op, _code(resp.error))
+            exc = error_for(resp.error)
+            if op == "create_many" and str(exc).startswith(UNKNOWN_OPERATION):
+                # A store older than CreateMany (a rolling upgrade): it applied nothing.
+                self._no_create_many(creates)
+            else:
+                _fail_all(creates, exc)
+            return
+        count_request(op, "ok")
+        if hoptrace.HOPS is not None:
+            self._stamp(req.id, creates)
+        if op == "create_many":
+            self._hand_out(creates, resp)
+        elif not creates[0][1].done():
+            creates[0][1].set_result((resp.items, resp.seq))
+
+    def _no_create_many(self, creates: list[_Create]) -> None:
+        logger.warning("the store at %s does not take CreateMany: creates go one by one", self.url)
+        self.coalesce = False
+        task = asyncio.get_running_loop().create_task(self._create_many(creates))
+        self._coalescing.add(task)
+        task.add_done_callback(self._coalescing.discard)
 
     async def _create_many(self, creates: list[_Create]) -> None:
         if len(creates) == 1 or not self.coalesce:
@@ -201,6 +300,10 @@ class SocketStoreClient(StoreClient):
             return
         if hoptrace.HOPS is not None:
             self._stamp(req.id, creates)
+        self._hand_out(creates, resp)
+
+    def _hand_out(self, creates: list[_Create], resp: spb.StoreResponse) -> None:
+        """A CreateMany's answers to their creates' futures."""
         answers = resp.created_many.answers
         if len(answers) != len(creates):
             lost = StoreUnavailable(f"the store answered {len(answers)} of {len(creates)} creates")
@@ -270,6 +373,8 @@ class SocketStoreClient(StoreClient):
 
     def _flush(self) -> None:
         out, self._out = self._out, []
+        if not out:  # _send_creates flushed them already
+            return
         if self._writer is not None and not self._writer.is_closing():
             self._writer.write(b"".join(out))
         if self._unsent:  # service.hoptrace
@@ -344,6 +449,8 @@ class SocketStoreClient(StoreClient):
                     if resp.id in self._sent_at:  # service.hoptrace
                         self._read_at[resp.id] = time.monotonic()
                     future.set_result(resp)
+                    if self._on_answer:
+                        self._answered(resp.id)
         except asyncio.CancelledError:
             raise
         except Exception as exc:
@@ -364,6 +471,20 @@ class SocketStoreClient(StoreClient):
             else:
                 future.set_exception(exc)
         self._pending.clear()
+
+
+def _acquire_now(slots: asyncio.Semaphore) -> bool:
+    """A free slot taken without waiting, else False. Semaphore has no such call, but its
+    acquire() returns without suspending when not locked(): its first step finishes it."""
+    if slots.locked():
+        return False
+    step = slots.acquire()
+    try:
+        step.send(None)
+    except StopIteration:
+        return True
+    step.close()  # not reached (it would have suspended): give the wait up
+    return False
 
 
 def _fail_all(creates: list[_Create], exc: BaseException) -> None:
