@@ -39,10 +39,10 @@ from service.storeclient.base import StoreClient, count_request, create_op, obse
 from service.storeclient.handshake import HandshakeError, client_handshake
 from service.storeclient.protocol import (
     UNKNOWN_OPERATION,
+    FrameProtocol,
     encode_frame,
     error_for,
     parse_address,
-    read_frame,
 )
 
 logger = logging.getLogger(__name__)
@@ -70,7 +70,6 @@ class SocketStoreClient(StoreClient):
         self._pending: dict[int, asyncio.Future[spb.StoreResponse]] = {}
         self._next_id = 1
         self._writer: asyncio.StreamWriter | None = None
-        self._reader_task: asyncio.Task[None] | None = None
         self._attempt: asyncio.Task[asyncio.StreamWriter] | None = None
         self._attempt_at = 0.0  # loop time of the current or next connection attempt
         self._retry_at = 0.0
@@ -103,11 +102,14 @@ class SocketStoreClient(StoreClient):
         if self._sweeper is not None:
             self._sweeper.cancel()
             self._sweeper = None
-        for task in (self._attempt, self._reader_task):
-            if task is not None and not task.done():
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError, StoreUnavailable):
-                    await task
+        attempt = self._attempt
+        if attempt is not None and not attempt.done():
+            attempt.cancel()
+            with contextlib.suppress(asyncio.CancelledError, StoreUnavailable):
+                await attempt
+        writer, self._writer = self._writer, None
+        if writer is not None:
+            writer.close()
         self._drop(StoreUnavailable("store client closed"))
 
     async def call(self, req: spb.StoreRequest) -> spb.StoreResponse:
@@ -408,15 +410,20 @@ class SocketStoreClient(StoreClient):
     async def _connect(self, at: float) -> asyncio.StreamWriter:
         await asyncio.sleep(max(0.0, at - asyncio.get_running_loop().time()))
         self.attempts += 1
+        loop = asyncio.get_running_loop()
+        reader = asyncio.StreamReader(loop=loop)
+        protocol = FrameProtocol(reader)
         try:
             kind, addr = self._address
+            # asyncio.open_unix_connection / open_connection, with our protocol
             if kind == "unix":
                 assert isinstance(addr, str)
-                reader, writer = await asyncio.open_unix_connection(addr)
+                transport, _ = await loop.create_unix_connection(lambda: protocol, addr)
             else:
                 assert isinstance(addr, tuple)
                 async with asyncio.timeout(self.timeout):
-                    reader, writer = await asyncio.open_connection(addr[0], addr[1])
+                    transport, _ = await loop.create_connection(lambda: protocol, addr[0], addr[1])
+            writer = asyncio.StreamWriter(transport, protocol, reader, loop)
             await _authenticate(reader, writer, self._key, self.timeout)
         except (OSError, TimeoutError, HandshakeError) as exc:
             self._lost_at = self._lost_at or time.monotonic()
@@ -427,7 +434,7 @@ class SocketStoreClient(StoreClient):
         self._backoff = 0.0
         self._retry_at = 0.0
         self._writer = writer
-        self._reader_task = asyncio.create_task(self._read_loop(reader, writer))
+        protocol.frames(self._on_frame, lambda exc: self._lost(writer, exc))
         if self._lost_at is None:
             logger.info("connected to store at %s", self.url)
         else:
@@ -436,31 +443,30 @@ class SocketStoreClient(StoreClient):
             self._lost_at = None
         return writer
 
-    async def _read_loop(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        try:
-            while True:
-                resp = spb.StoreResponse.FromString(await read_frame(reader))
-                future = self._pending.get(resp.id)
-                if future is None or future.done():
-                    continue
-                if resp.WhichOneof("result") == "committing":
-                    self._in_doubt.add(resp.id)
-                else:
-                    if resp.id in self._sent_at:  # service.hoptrace
-                        self._read_at[resp.id] = time.monotonic()
-                    future.set_result(resp)
-                    if self._on_answer:
-                        self._answered(resp.id)
-        except asyncio.CancelledError:
-            raise
-        except Exception as exc:
-            logger.warning("connection to store at %s lost: %s", self.url, exc or type(exc))
-        finally:
-            writer.close()
-            if self._writer is writer:
-                self._writer = None
-                self._lost_at = time.monotonic()
-                self._drop(StoreUnavailable("connection to the store was lost"))
+    def _on_frame(self, frame: bytes) -> None:
+        """Each answer as it arrives (FrameProtocol: in the socket's data_received)."""
+        resp = spb.StoreResponse.FromString(frame)
+        future = self._pending.get(resp.id)
+        if future is None or future.done():
+            return
+        if resp.WhichOneof("result") == "committing":
+            self._in_doubt.add(resp.id)
+            return
+        if resp.id in self._sent_at:  # service.hoptrace
+            self._read_at[resp.id] = time.monotonic()
+        future.set_result(resp)
+        if self._on_answer:
+            self._answered(resp.id)
+
+    def _lost(self, writer: asyncio.StreamWriter, exc: BaseException | None) -> None:
+        writer.close()
+        if self._writer is not writer:  # closed by us (close()), or already replaced
+            return
+        why = exc or "closed by the store"
+        logger.warning("connection to store at %s lost: %s", self.url, why)
+        self._writer = None
+        self._lost_at = time.monotonic()
+        self._drop(StoreUnavailable("connection to the store was lost"))
 
     def _drop(self, exc: StoreUnavailable) -> None:
         for rid, future in self._pending.items():
