@@ -29,6 +29,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import time
 from contextvars import ContextVar
 from typing import Any
 
@@ -65,3 +66,10 @@ HOPS: HopLog | None = HopLog(_directory) if _directory else None
 # goes; and when the HTTP protocol got the bytes that started it (tasks inherit it).
 POST: ContextVar[dict[str, Any] | None] = ContextVar("duckcast_hop_post", default=None)
 RX: ContextVar[float] = ContextVar("duckcast_hop_rx", default=0.0)
+
+
+def note_batch(size: int, seconds: float) -> None:
+    """The store's batch observer (on the writer thread, right after the commit)."""
+    if HOPS is not None:
+        end = time.monotonic()
+        HOPS.note({"kind": "batch", "start": end - seconds, "end": end, "n": size})

@@ -7,7 +7,6 @@ import contextlib
 import logging
 import os
 import signal
-import time
 
 from service import hoptrace
 from service.config import Settings
@@ -43,14 +42,8 @@ async def run_store(
     engine = build_engine(settings)
     await asyncio.to_thread(engine.open)
     engine.add_batch_observer(observe_batch)
-    hops = hoptrace.HOPS
-    if hops is not None:
-
-        def trace_batch(size: int, seconds: float) -> None:  # on the writer thread
-            end = time.monotonic()
-            hops.note({"kind": "batch", "start": end - seconds, "end": end, "n": size})
-
-        engine.add_batch_observer(trace_batch)
+    if hoptrace.HOPS is not None:
+        engine.add_batch_observer(hoptrace.note_batch)
     if metrics_port:
         from prometheus_client import start_http_server
 
