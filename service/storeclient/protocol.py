@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
+from typing import cast
 
 from service import errors
 from service.pb import store_pb2 as spb
@@ -66,8 +67,8 @@ class FrameProtocol(asyncio.StreamReaderProtocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)
-        assert isinstance(transport, asyncio.Transport)
-        self._connection = transport
+        # a stream transport (uvloop's are not asyncio.Transport subclasses)
+        self._connection = cast(asyncio.Transport, transport)
 
     def frames(
         self, on_frame: Callable[[bytes], None], on_lost: Callable[[BaseException | None], None]
