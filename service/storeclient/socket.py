@@ -1,7 +1,8 @@
 """The store client for workers: one persistent, multiplexed connection to the store process.
 
-- Requests carry ids; a reader task matches answers to waiting futures, so any number of
-  requests share the connection (measured ~8x cheaper per call than grpc.aio).
+- Requests carry ids; answers are matched to waiting futures as they arrive (in the socket's
+  data_received: FrameProtocol), so any number of requests share the connection (measured ~8x
+  cheaper per call than grpc.aio).
 - Deadlines travel: each request carries an absolute wall-clock deadline, `COMMIT_MARGIN`
   before the call gives up, and the store never starts committing a write past it. Right before
   it commits a write the store sends a Committing notice. So when a call gives up (StoreTimeout,
@@ -91,7 +92,7 @@ class SocketStoreClient(StoreClient):
         self._unsent: list[int] = []
         self._sent_at: dict[int, float] = {}
         self._read_at: dict[int, float] = {}
-        # `_send_now` requests: what to do with the answer, run as the read loop reads it
+        # `_send_now` requests: what to do with the answer, run as it is read (`_on_frame`)
         self._on_answer: dict[int, Callable[[], None]] = {}
 
     @property
@@ -198,13 +199,13 @@ class SocketStoreClient(StoreClient):
         self._flush()
 
     def _send_now(self, creates: list[_Create]) -> bool:
-        """The creates' request written in this callback, and their answer handed out by the
-        read loop itself (`_answered`): no task on either side. Each task step or call_soon
-        is a turn of the worker's loop, and under fan-out a turn waits behind a fan-out turn
-        (~1 ms, more when the cores are busy): with tasks, a create's store call took four
-        turns to leave and two more to reach its handler (README, Fan-out: POST latency).
-        False when the task path must take them: no connection (it may have to wait for
-        one), no free slot, or coalescing is off."""
+        """The creates' request written in this callback, and their answer handed out as the
+        connection's protocol reads it (`_on_frame`): no task on either side. Each task step
+        or call_soon is a turn of the worker's loop, and under fan-out a turn waits behind a
+        fan-out turn (~1 ms, more when the cores are busy): with tasks, a create's store call
+        took four turns to leave and two more to reach its handler after the answer was read
+        (README, Fan-out: "Where a POST's time goes"). False when the task path must take
+        them: no connection (it may have to wait for one), no free slot, coalescing off."""
         writer = self._writer
         if not self.coalesce or writer is None or writer.is_closing():
             return False
@@ -228,7 +229,7 @@ class SocketStoreClient(StoreClient):
         return True
 
     def _answered(self, rid: int) -> None:
-        """Once per `_send_now` request: from the read loop as its answer is read, or from its
+        """Once per `_send_now` request: from `_on_frame` as its answer is read, or from its
         future's callback when it failed (deadline, lost connection)."""
         hook = self._on_answer.pop(rid, None)
         if hook is not None:
