@@ -10,12 +10,14 @@ and sends a response's head and the first bytes of its body in one write (`_Held
 from __future__ import annotations
 
 import asyncio
+import time
 from typing import Any, ClassVar
 
 import httptools
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResponseCycle
 from uvicorn_worker import UvicornWorker
 
+from service import hoptrace
 from service.config import Settings
 
 UVICORN_OPTIONS: dict[str, Any] = {
@@ -68,6 +70,8 @@ class BoundedHttpProtocol(HttpToolsProtocol):
 
     def data_received(self, data: bytes) -> None:
         # uvicorn's data_received, plus the head limits (its own 400 path would hide a 431)
+        if hoptrace.HOPS is not None:  # the request task started below inherits it
+            hoptrace.RX.set(time.monotonic())
         self._unset_keepalive_if_required()
         self._chunk = len(data)
         try:

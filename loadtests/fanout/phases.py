@@ -21,6 +21,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+from loadtests.fanout import hops
 from loadtests.fanout.nodes import Subscribers, Writer
 from loadtests.fanout.stats import Latency
 from loadtests.fanout.systems import System
@@ -218,8 +219,10 @@ def card(rig: Rig) -> dict[str, Any]:
     a = rig.args
     log(f"{rig.system.label}: POST latency with no subscriber ({a.rate:g}/s for {a.probe:g}s)")
     hist0 = server_histograms(rig)
+    t0 = time.monotonic()
     probe = ack_summary(rig.write(a.rate, a.probe))
     probe["server_trace_ms"] = histogram_delta(hist0, server_histograms(rig))
+    probe["post_hops_ms"] = post_hops(rig, "probe", t0, time.monotonic())
     for name, h in probe["server_trace_ms"].items():
         log(
             f"{rig.system.label}:   probe {name:<24} n {h['n']:>6,.0f}  p50 {h['p50']:7.2f}  "
@@ -230,7 +233,9 @@ def card(rig: Rig) -> dict[str, Any]:
         f"{rig.system.label}: {opened['open']} subscribers open; "
         f"{a.rate:g} writes/s for {a.duration:g}s"
     )
+    t0 = time.monotonic()
     result = measure(rig, a.rate, a.duration, a.drain)
+    result["post_hops_ms"] = post_hops(rig, "card", t0, t0 + a.duration + 1.0)
     result["open"] = opened
     result["post_without_subscribers"] = probe
     log(
@@ -240,6 +245,18 @@ def card(rig: Rig) -> dict[str, Any]:
     )
     log_trace(rig, result)
     return result
+
+
+def post_hops(rig: Rig, label: str, t0: float, t1: float) -> dict[str, Any]:
+    """--trace: where the time of the POSTs made in [t0, t1] went (loadtests/fanout/hops.py)."""
+    directory = getattr(rig.system, "trace_dir", None)
+    if directory is None:
+        return {}
+    time.sleep(1.2)  # the processes write their rows every second
+    summary = hops.summarize(hops.join(hops.load(directory), t0, t1))
+    for line in hops.lines(f"{rig.system.label}: {label} POST hops", summary):
+        log(line)
+    return summary
 
 
 def log_trace(rig: Rig, m: dict[str, Any]) -> None:

@@ -7,15 +7,16 @@ import functools
 import logging
 import signal
 import threading
+import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
 from fastapi import FastAPI
 from fastapi.routing import APIRoute
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from service import redaction
+from service import hoptrace, redaction
 from service.api import errors
 from service.api.auth import RevokedTokens, TokenSigner
 from service.api.edge import Edge, ExceptionLayer
@@ -200,6 +201,8 @@ class DuckcastApp(FastAPI):
         if scope["type"] == "lifespan":
             await super().__call__(scope, receive, send)
             return
+        if hoptrace.HOPS is not None and scope["type"] == "http" and scope["method"] == "POST":
+            send = _traced(send)
         # What FastAPI.__call__ and Starlette.__call__ do for a request with telemetry off, in
         # one frame instead of three
         if self.root_path:
@@ -208,6 +211,23 @@ class DuckcastApp(FastAPI):
         if self.middleware_stack is None:
             self.middleware_stack = self.build_middleware_stack()
         await self.middleware_stack(scope, receive, send)
+
+
+def _traced(send: Send) -> Send:
+    """Diagnostic (service.hoptrace): this POST's row, stamped as it goes; written if the
+    request reached the store client."""
+    row: dict[str, Any] = {"kind": "post", "rx": hoptrace.RX.get(), "app": time.monotonic()}
+    hoptrace.POST.set(row)
+
+    async def traced_send(message: Message) -> None:
+        await send(message)
+        if message["type"] == "http.response.start":
+            row["resp"] = time.monotonic()
+        elif not message.get("more_body", False) and "call" in row and hoptrace.HOPS:
+            row["end"] = time.monotonic()
+            hoptrace.HOPS.add(row)
+
+    return traced_send
 
 
 def _end_streams_on_signal(ring: Ring) -> Callable[[], None]:

@@ -8,6 +8,7 @@ import logging
 import os
 import signal
 
+from service import hoptrace
 from service.config import Settings
 from service.keys import Keys
 from service.metrics import observe_batch
@@ -41,6 +42,8 @@ async def run_store(
     engine = build_engine(settings)
     await asyncio.to_thread(engine.open)
     engine.add_batch_observer(observe_batch)
+    if hoptrace.HOPS is not None:
+        engine.add_batch_observer(hoptrace.note_batch)
     if metrics_port:
         from prometheus_client import start_http_server
 

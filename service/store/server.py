@@ -19,10 +19,15 @@ import asyncio
 import contextlib
 import logging
 import os
+import socket
+import struct
+import time
 from pathlib import Path
+from typing import Any
 
 from google.protobuf.message import DecodeError
 
+from service import hoptrace
 from service.logthrottle import ThrottledWarning
 from service.metrics import STORE_HANDSHAKES_REFUSED
 from service.pb import store_pb2 as spb
@@ -107,8 +112,12 @@ class StoreServer:
                 if self._draining:
                     out.send(_refusal(req.id))
                     continue
+                row = None
+                if hoptrace.HOPS is not None and req.WhichOneof("op") in TRACED:
+                    row = {"kind": "req", "pid": peer_pid(writer), "rid": req.id}
+                    row["read"] = time.monotonic()
                 await slots.acquire()
-                handler = asyncio.create_task(self._answer(req, out, slots))
+                handler = asyncio.create_task(self._answer(req, out, slots, row))
                 for tracked in (handlers, self._handlers):
                     tracked.add(handler)
                     handler.add_done_callback(tracked.discard)
@@ -127,7 +136,11 @@ class StoreServer:
             self._connections.discard(task)
 
     async def _answer(
-        self, req: spb.StoreRequest, out: _Coalescer, slots: asyncio.Semaphore
+        self,
+        req: spb.StoreRequest,
+        out: _Coalescer,
+        slots: asyncio.Semaphore,
+        row: dict[str, Any] | None = None,
     ) -> None:
         sent = False
 
@@ -137,11 +150,15 @@ class StoreServer:
             if not sent:
                 notice = spb.StoreResponse(id=req.id, committing=spb.Committing())
                 sent = out.send_notice(encode_frame(notice.SerializeToString()))
+                if row is not None:
+                    row["announce"] = time.monotonic()
             return sent
 
         try:
             resp = await self._engine.handle(req, committing)
-            out.send(encode_frame(resp.SerializeToString()))
+            if row is not None:
+                row["handled"] = time.monotonic()
+            out.send(encode_frame(resp.SerializeToString()), row)
         finally:
             slots.release()
 
@@ -156,14 +173,17 @@ def _refusal(request_id: int) -> bytes:
 class _Coalescer:
     """Answers finished in one loop turn (a group commit finishes many) leave in one write."""
 
-    __slots__ = ("_frames", "_writer")
+    __slots__ = ("_frames", "_rows", "_writer")
 
     def __init__(self, writer: asyncio.StreamWriter) -> None:
         self._writer = writer
         self._frames: list[bytes] = []
+        self._rows: list[dict[str, Any]] = []  # service.hoptrace
 
-    def send(self, frame: bytes) -> None:
+    def send(self, frame: bytes, row: dict[str, Any] | None = None) -> None:
         self._frames.append(frame)
+        if row is not None:
+            self._rows.append(row)
         if len(self._frames) == 1:
             asyncio.get_running_loop().call_soon(self._flush)
 
@@ -181,3 +201,21 @@ class _Coalescer:
         frames, self._frames = self._frames, []
         if not self._writer.is_closing():
             self._writer.write(b"".join(frames))
+        if self._rows and hoptrace.HOPS is not None:
+            now = time.monotonic()
+            for row in self._rows:
+                row["flushed"] = now
+                hoptrace.HOPS.add(row)
+            self._rows.clear()
+
+
+TRACED = ("create_items", "create_many")  # the requests service.hoptrace follows
+
+
+def peer_pid(writer: asyncio.StreamWriter) -> int:
+    """The pid of the process at the other end of a Unix socket (0 over TCP)."""
+    sock = writer.get_extra_info("socket")
+    if sock is None or sock.family != socket.AF_UNIX:
+        return 0
+    creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+    return int(struct.unpack("3i", creds)[0])

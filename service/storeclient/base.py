@@ -31,6 +31,10 @@ def count_request(op: str, outcome: str) -> None:
     child.inc()
 
 
+def observe_latency(op: str, seconds: float) -> None:
+    _latency(op).observe(seconds)
+
+
 def _latency(op: str) -> Histogram:
     child = _LATENCY.get(op)
     if child is None:

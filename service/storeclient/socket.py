@@ -1,7 +1,8 @@
 """The store client for workers: one persistent, multiplexed connection to the store process.
 
-- Requests carry ids; a reader task matches answers to waiting futures, so any number of
-  requests share the connection (measured ~8x cheaper per call than grpc.aio).
+- Requests carry ids; answers are matched to waiting futures as they arrive (in the socket's
+  data_received: FrameProtocol), so any number of requests share the connection (measured ~8x
+  cheaper per call than grpc.aio).
 - Deadlines travel: each request carries an absolute wall-clock deadline, `COMMIT_MARGIN`
   before the call gives up, and the store never starts committing a write past it. Right before
   it commits a write the store sends a Committing notice. So when a call gives up (StoreTimeout,
@@ -26,20 +27,23 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
+from service import hoptrace
 from service.errors import Invalid, StoreTimeout, StoreUnavailable, WriteInDoubt
 from service.pb import duckcast_pb2 as pb
 from service.pb import store_pb2 as spb
-from service.storeclient.base import StoreClient, count_request, create_op
+from service.storeclient.base import StoreClient, count_request, create_op, observe_latency
 from service.storeclient.handshake import HandshakeError, client_handshake
 from service.storeclient.protocol import (
     UNKNOWN_OPERATION,
+    FrameProtocol,
     encode_frame,
     error_for,
     parse_address,
-    read_frame,
 )
 
 logger = logging.getLogger(__name__)
@@ -54,6 +58,7 @@ COMMIT_MARGIN_MAX = 1.0
 # (a commit takes milliseconds: only a paused or stalled store makes this wait), then 504.
 IN_DOUBT_WAIT = 10.0
 _Create = tuple[spb.CreateItems, asyncio.Future[tuple[pb.ItemList, int]]]
+_CREATES = ("create_items", "create_many")  # the requests service.hoptrace follows
 MAX_COALESCED = 256  # creates per CreateMany (single-item creates: a few KB each at most)
 
 
@@ -66,7 +71,6 @@ class SocketStoreClient(StoreClient):
         self._pending: dict[int, asyncio.Future[spb.StoreResponse]] = {}
         self._next_id = 1
         self._writer: asyncio.StreamWriter | None = None
-        self._reader_task: asyncio.Task[None] | None = None
         self._attempt: asyncio.Task[asyncio.StreamWriter] | None = None
         self._attempt_at = 0.0  # loop time of the current or next connection attempt
         self._retry_at = 0.0
@@ -82,6 +86,14 @@ class SocketStoreClient(StoreClient):
         # Single-item creates of a loop turn go as one CreateMany; off for a store without it.
         self.coalesce = True
         self._coalescing: set[asyncio.Task[None]] = set()
+        # service.hoptrace (diagnostic, off by default): creates' rows by their future, and
+        # when each request's frame was written and its answer read
+        self._rows: dict[asyncio.Future[tuple[pb.ItemList, int]], dict[str, Any]] = {}
+        self._unsent: list[int] = []
+        self._sent_at: dict[int, float] = {}
+        self._read_at: dict[int, float] = {}
+        # `_send_now` requests: what to do with the answer, run as it is read (`_on_frame`)
+        self._on_answer: dict[int, Callable[[], None]] = {}
 
     @property
     def commit_margin(self) -> float:
@@ -91,11 +103,14 @@ class SocketStoreClient(StoreClient):
         if self._sweeper is not None:
             self._sweeper.cancel()
             self._sweeper = None
-        for task in (self._attempt, self._reader_task):
-            if task is not None and not task.done():
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError, StoreUnavailable):
-                    await task
+        attempt = self._attempt
+        if attempt is not None and not attempt.done():
+            attempt.cancel()
+            with contextlib.suppress(asyncio.CancelledError, StoreUnavailable):
+                await attempt
+        writer, self._writer = self._writer, None
+        if writer is not None:
+            writer.close()
         self._drop(StoreUnavailable("store client closed"))
 
     async def call(self, req: spb.StoreRequest) -> spb.StoreResponse:
@@ -111,24 +126,38 @@ class SocketStoreClient(StoreClient):
             await self._slots.acquire()
         try:
             await self._connection(deadline)
-            req.id = rid = self._next_id
-            self._next_id += 1
-            store_deadline = time.time() + deadline - loop.time() - self.commit_margin
-            req.deadline_us = int(store_deadline * 1_000_000)
-            future: asyncio.Future[spb.StoreResponse] = loop.create_future()
-            self._pending[rid] = future
-            self._deadlines[rid] = deadline
-            self._send(encode_frame(req.SerializeToString()))
-            if self._sweeper is None:
-                self._sweeper = loop.call_later(SWEEP_INTERVAL, self._sweep)
+            rid, future = self._begin(req, deadline)
             try:
                 return await future
             finally:
-                self._pending.pop(rid, None)
-                self._deadlines.pop(rid, None)
-                self._in_doubt.discard(rid)
+                self._end(rid)
         finally:
             self._slots.release()
+
+    def _begin(
+        self, req: spb.StoreRequest, deadline: float
+    ) -> tuple[int, asyncio.Future[spb.StoreResponse]]:
+        """What `call` does once it has a slot and a connection, none of which waits: the
+        request gets its id and deadlines and is on its way (with this loop turn's frames)."""
+        loop = asyncio.get_running_loop()
+        req.id = rid = self._next_id
+        self._next_id += 1
+        store_deadline = time.time() + deadline - loop.time() - self.commit_margin
+        req.deadline_us = int(store_deadline * 1_000_000)
+        future: asyncio.Future[spb.StoreResponse] = loop.create_future()
+        self._pending[rid] = future
+        self._deadlines[rid] = deadline
+        self._send(encode_frame(req.SerializeToString()))
+        if hoptrace.HOPS is not None and req.WhichOneof("op") in _CREATES:
+            self._unsent.append(rid)
+        if self._sweeper is None:
+            self._sweeper = loop.call_later(SWEEP_INTERVAL, self._sweep)
+        return rid, future
+
+    def _end(self, rid: int) -> None:
+        self._pending.pop(rid, None)
+        self._deadlines.pop(rid, None)
+        self._in_doubt.discard(rid)
 
     async def create_items_at(
         self,
@@ -145,16 +174,111 @@ class SocketStoreClient(StoreClient):
         self._creates.append((op, future))
         if len(self._creates) == 1:
             loop.call_soon(self._send_creates)
-        return await future
+        row = hoptrace.POST.get() if hoptrace.HOPS is not None else None
+        if row is None:
+            return await future
+        row["call"] = time.monotonic()
+        self._rows[future] = row
+        try:
+            answer = await future
+        finally:
+            self._rows.pop(future, None)
+        row["resumed"] = time.monotonic()
+        return answer
 
     def _send_creates(self) -> None:
         creates, self._creates = self._creates, []
         for start in range(0, len(creates), MAX_COALESCED):
-            task = asyncio.get_running_loop().create_task(
-                self._create_many(creates[start : start + MAX_COALESCED])
-            )
+            chunk = creates[start : start + MAX_COALESCED]
+            if self._send_now(chunk):
+                continue
+            task = asyncio.get_running_loop().create_task(self._create_many(chunk))
             self._coalescing.add(task)
             task.add_done_callback(self._coalescing.discard)
+        # Now, not a loop turn later: the creates of this turn are all in (see _send_now).
+        self._flush()
+
+    def _send_now(self, creates: list[_Create]) -> bool:
+        """The creates' request written in this callback, and their answer handed out as the
+        connection's protocol reads it (`_on_frame`): no task on either side. Each task step
+        or call_soon is a turn of the worker's loop, and under fan-out a turn waits behind a
+        fan-out turn (~1 ms, more when the cores are busy): with tasks, a create's store call
+        took four turns to leave and two more to reach its handler after the answer was read
+        (README, Fan-out: "Where a POST's time goes"). False when the task path must take
+        them: no connection (it may have to wait for one), no free slot, coalescing off."""
+        writer = self._writer
+        if not self.coalesce or writer is None or writer.is_closing():
+            return False
+        if not _acquire_now(self._slots):
+            return False
+        if len(creates) == 1:
+            req = spb.StoreRequest(create_items=creates[0][0])
+        else:
+            req = spb.StoreRequest(create_many=spb.CreateMany(creates=[op for op, _ in creates]))
+        rid, future = self._begin(req, asyncio.get_running_loop().time() + self.timeout)
+        started = time.perf_counter()
+
+        def answered() -> None:
+            self._end(rid)
+            self._slots.release()
+            self._created(req, creates, future, started)
+
+        self._on_answer[rid] = answered
+        # Timeouts and a lost connection fail the future: they come this way.
+        future.add_done_callback(lambda _: self._answered(rid))
+        return True
+
+    def _answered(self, rid: int) -> None:
+        """Once per `_send_now` request: from `_on_frame` as its answer is read, or from its
+        future's callback when it failed (deadline, lost connection)."""
+        hook = self._on_answer.pop(rid, None)
+        if hook is not None:
+            hook()
+
+    def _created(
+        self,
+        req: spb.StoreRequest,
+        creates: list[_Create],
+        future: asyncio.Future[spb.StoreResponse],
+        started: float,
+    ) -> None:
+        """The outcome of a `_send_now` request into its creates' futures, counted and timed
+        as `_ok` and `_create_many` / `_create_one` do on the task path."""
+        op = req.WhichOneof("op") or "create_items"
+        if future.cancelled():
+            _fail_all(creates, StoreUnavailable("store client closed"))
+            return
+        failed = future.exception()
+        if failed is not None:
+            if isinstance(failed, StoreUnavailable):
+                count_request(op, "unavailable")
+            _fail_all(creates, failed)
+            return
+        resp = future.result()
+        observe_latency(op, time.perf_counter() - started)
+        if resp.WhichOneof("result") == "error":
+            count_request(op, _code(resp.error))
+            exc = error_for(resp.error)
+            if op == "create_many" and str(exc).startswith(UNKNOWN_OPERATION):
+                # A store older than CreateMany (a rolling upgrade): it applied nothing.
+                self._no_create_many(creates)
+            else:
+                _fail_all(creates, exc)
+            return
+        count_request(op, "ok")
+        if hoptrace.HOPS is not None:
+            self._stamp(req.id, creates)
+        if op == "create_many":
+            self._hand_out(creates, resp)
+        elif not creates[0][1].done():
+            creates[0][1].set_result((resp.items, resp.seq))
+
+    def _no_create_many(self, creates: list[_Create]) -> None:
+        logger.warning("the store at %s does not take CreateMany: creates go one by one", self.url)
+        self.coalesce = False
+        task = asyncio.get_running_loop().create_task(self._create_many(creates))
+        self._coalescing.add(task)
+        task.add_done_callback(self._coalescing.discard)
 
     async def _create_many(self, creates: list[_Create]) -> None:
         if len(creates) == 1 or not self.coalesce:
@@ -177,6 +301,12 @@ class SocketStoreClient(StoreClient):
         except Exception as exc:  # the request as a whole: every create gets it
             _fail_all(creates, exc)
             return
+        if hoptrace.HOPS is not None:
+            self._stamp(req.id, creates)
+        self._hand_out(creates, resp)
+
+    def _hand_out(self, creates: list[_Create], resp: spb.StoreResponse) -> None:
+        """A CreateMany's answers to their creates' futures."""
         answers = resp.created_many.answers
         if len(answers) != len(creates):
             lost = StoreUnavailable(f"the store answered {len(answers)} of {len(creates)} creates")
@@ -195,13 +325,25 @@ class SocketStoreClient(StoreClient):
     async def _create_one(
         self, op: spb.CreateItems, future: asyncio.Future[tuple[pb.ItemList, int]]
     ) -> None:
+        req = spb.StoreRequest(create_items=op)
         try:
-            resp = await self._ok(spb.StoreRequest(create_items=op))
+            resp = await self._ok(req)
         except Exception as exc:
             _fail_all([(op, future)], exc)
             return
+        if hoptrace.HOPS is not None:
+            self._stamp(req.id, [(op, future)])
         if not future.done():
             future.set_result((resp.items, resp.seq))
+
+    def _stamp(self, rid: int, creates: list[_Create]) -> None:
+        """service.hoptrace: the request's hops into the rows of the creates it carried."""
+        now = time.monotonic()
+        sent, read = self._sent_at.pop(rid, 0.0), self._read_at.pop(rid, 0.0)
+        for _, future in creates:
+            row = self._rows.get(future)
+            if row is not None:
+                row.update(pid=os.getpid(), rid=rid, sent=sent, read=read, resolved=now)
 
     def _timed_out(self) -> StoreTimeout:
         return StoreTimeout(f"the store did not answer within {self.timeout:g}s")
@@ -234,8 +376,15 @@ class SocketStoreClient(StoreClient):
 
     def _flush(self) -> None:
         out, self._out = self._out, []
+        if not out:  # _send_creates flushed them already
+            return
         if self._writer is not None and not self._writer.is_closing():
             self._writer.write(b"".join(out))
+        if self._unsent:  # service.hoptrace
+            now = time.monotonic()
+            for rid in self._unsent:
+                self._sent_at[rid] = now
+            self._unsent.clear()
 
     async def _connection(self, deadline: float) -> asyncio.StreamWriter:
         if self._writer is not None and not self._writer.is_closing():
@@ -262,15 +411,20 @@ class SocketStoreClient(StoreClient):
     async def _connect(self, at: float) -> asyncio.StreamWriter:
         await asyncio.sleep(max(0.0, at - asyncio.get_running_loop().time()))
         self.attempts += 1
+        loop = asyncio.get_running_loop()
+        reader = asyncio.StreamReader(loop=loop)
+        protocol = FrameProtocol(reader)
         try:
             kind, addr = self._address
+            # asyncio.open_unix_connection / open_connection, with our protocol
             if kind == "unix":
                 assert isinstance(addr, str)
-                reader, writer = await asyncio.open_unix_connection(addr)
+                transport, _ = await loop.create_unix_connection(lambda: protocol, addr)
             else:
                 assert isinstance(addr, tuple)
                 async with asyncio.timeout(self.timeout):
-                    reader, writer = await asyncio.open_connection(addr[0], addr[1])
+                    transport, _ = await loop.create_connection(lambda: protocol, addr[0], addr[1])
+            writer = asyncio.StreamWriter(transport, protocol, reader, loop)
             await _authenticate(reader, writer, self._key, self.timeout)
         except (OSError, TimeoutError, HandshakeError) as exc:
             self._lost_at = self._lost_at or time.monotonic()
@@ -281,7 +435,7 @@ class SocketStoreClient(StoreClient):
         self._backoff = 0.0
         self._retry_at = 0.0
         self._writer = writer
-        self._reader_task = asyncio.create_task(self._read_loop(reader, writer))
+        protocol.frames(self._on_frame, lambda exc: self._lost(writer, exc))
         if self._lost_at is None:
             logger.info("connected to store at %s", self.url)
         else:
@@ -290,27 +444,30 @@ class SocketStoreClient(StoreClient):
             self._lost_at = None
         return writer
 
-    async def _read_loop(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        try:
-            while True:
-                resp = spb.StoreResponse.FromString(await read_frame(reader))
-                future = self._pending.get(resp.id)
-                if future is None or future.done():
-                    continue
-                if resp.WhichOneof("result") == "committing":
-                    self._in_doubt.add(resp.id)
-                else:
-                    future.set_result(resp)
-        except asyncio.CancelledError:
-            raise
-        except Exception as exc:
-            logger.warning("connection to store at %s lost: %s", self.url, exc or type(exc))
-        finally:
-            writer.close()
-            if self._writer is writer:
-                self._writer = None
-                self._lost_at = time.monotonic()
-                self._drop(StoreUnavailable("connection to the store was lost"))
+    def _on_frame(self, frame: bytes) -> None:
+        """Each answer as it arrives (FrameProtocol: in the socket's data_received)."""
+        resp = spb.StoreResponse.FromString(frame)
+        future = self._pending.get(resp.id)
+        if future is None or future.done():
+            return
+        if resp.WhichOneof("result") == "committing":
+            self._in_doubt.add(resp.id)
+            return
+        if resp.id in self._sent_at:  # service.hoptrace
+            self._read_at[resp.id] = time.monotonic()
+        future.set_result(resp)
+        if self._on_answer:
+            self._answered(resp.id)
+
+    def _lost(self, writer: asyncio.StreamWriter, exc: BaseException | None) -> None:
+        writer.close()
+        if self._writer is not writer:  # closed by us (close()), or already replaced
+            return
+        why = exc or "closed by the store"
+        logger.warning("connection to store at %s lost: %s", self.url, why)
+        self._writer = None
+        self._lost_at = time.monotonic()
+        self._drop(StoreUnavailable("connection to the store was lost"))
 
     def _drop(self, exc: StoreUnavailable) -> None:
         for rid, future in self._pending.items():
@@ -321,6 +478,20 @@ class SocketStoreClient(StoreClient):
             else:
                 future.set_exception(exc)
         self._pending.clear()
+
+
+def _acquire_now(slots: asyncio.Semaphore) -> bool:
+    """A free slot taken without waiting, else False. Semaphore has no such call, but its
+    acquire() returns without suspending when not locked(): its first step finishes it."""
+    if slots.locked():
+        return False
+    step = slots.acquire()
+    try:
+        step.send(None)
+    except StopIteration:
+        return True
+    step.close()  # not reached (it would have suspended): give the wait up
+    return False
 
 
 def _fail_all(creates: list[_Create], exc: BaseException) -> None:
