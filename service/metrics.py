@@ -30,8 +30,18 @@ from prometheus_client import (
     generate_latest,
     multiprocess,
 )
+from prometheus_client import values as _values
 from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector
+
+from service.pid import getpid
+
+if _values.ValueClass.__name__ == "MmapedValue":  # multiprocess mode (PROMETHEUS_MULTIPROC_DIR)
+    # The same per-process files, told the pid without a system call per increment (it checks
+    # for a fork on every one): prometheus_client's documented hook for the process identifier
+    # (MultiProcessValue's process_identifier, "at your own risk": ours is os.getpid's answer,
+    # service.pid). Before any metric below is made: each reads ValueClass as it is made.
+    _values.ValueClass = _values.MultiProcessValue(process_identifier=getpid)  # type: ignore[no-untyped-call]
 
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5)
 # A request may wait for the store's deadline (5 s) or gunicorn's timeout (30 s): the top

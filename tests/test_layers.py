@@ -27,6 +27,7 @@ CORE = {
     "service.metrics",
     "service.logging",
     "service.pb",
+    "service.pid",
     "service.redaction",
     "service.wire",
 }

@@ -14,6 +14,8 @@ from datetime import UTC, datetime
 import pytest
 
 from service.logging import (
+    ACCESS_LOGGER,
+    ACCESS_MESSAGE,
     FLUSH_CHARS,
     FLUSH_SECONDS,
     REQUEST,
@@ -347,3 +349,84 @@ def test_a_filter_added_to_the_handler_sees_every_access_record(
         handler.addFilter(tag)
         AccessLog().log("%s %s %d %.1fms", ACCESS_ARGS, ACCESS_FIELDS)
     assert lines(stream)[-1]["tagged"] is True
+
+
+def test_an_access_line_from_its_template_is_line_to_the_byte() -> None:
+    """JsonFormatter.access_line() (an access line made from a template per method, route and
+    status) is line() of the same record, whatever the duration, ids and escapes."""
+    formatter = JsonFormatter()
+    routes = ("/api/items/{item_id}", "unmatched", '/odd "route" \\ é \x01')
+    durations = (0.0, 1e-9, 0.000213, 0.0049999, 0.00995, 1.23456, 12345.678, 1e6, 5e-7)
+    for created in (1700000000.0, 1700000000.9999996, 1.5e9 + 0.001):
+        for route in routes:
+            for status in (200, 404, 500):
+                for elapsed in durations:
+                    for user_id in (None, 7, 2**63 - 1):
+                        fields = {
+                            "method": "GET",
+                            "route": route,
+                            "status": status,
+                            "duration_ms": round(elapsed * 1000, 2),
+                            "request_id": "r-1/x:y",
+                            "user_id": user_id,
+                        }
+                        message = ACCESS_MESSAGE % ("GET", route, status, elapsed * 1000)
+                        expected = formatter.line(created, ACCESS_LOGGER, message, 42, fields)
+                        made = formatter.access_line(
+                            created, ACCESS_LOGGER, 42, "GET", route, status, elapsed,
+                            "r-1/x:y", user_id,
+                        )  # fmt: skip
+                        assert made == expected
+
+
+def test_access_lines_keep_their_place_among_the_batchs_lines(
+    captured: tuple[io.StringIO, logging.Logger],
+) -> None:
+    """An access line's fields wait in the batch and are formatted when it is written: in
+    their place among the other INFO lines, and the same line the record path writes."""
+    stream, log = captured
+
+    async def scenario() -> None:
+        with ours_alone():
+            log.info("before")
+            AccessLog().request("GET", "/api/items/{item_id}", 200, 0.00025, "r-1", None)
+            log.info("after")
+            assert stream.getvalue() == ""  # held
+            flush_logs()
+
+    asyncio.run(scenario())
+    written = lines(stream)
+    assert [line["message"] for line in written] == [
+        "before",
+        "GET /api/items/{item_id} 200 0.2ms",
+        "after",
+    ]
+    access = logging.getLogger(ACCESS_LOGGER)
+    access.addFilter(lambda record: True)  # anything on the way: the record path
+    try:
+        with ours_alone():
+            AccessLog().request("GET", "/api/items/{item_id}", 200, 0.00025, "r-1", None)
+    finally:
+        access.filters.clear()
+    by_record = lines(stream)[-1]
+    assert written[1] | {"time": 0} == by_record | {"time": 0}
+    assert set(written[1]) == set(ACCESS_FIELDS) | {"time", "level", "logger", "message", "pid"}
+
+
+def test_a_batch_held_for_a_loop_that_stopped_is_written_by_the_next() -> None:
+    """A thread's second event loop (the first stopped with its flush timer pending) does not
+    count on that timer: its first line is written at once, after the batch held before it."""
+    stream = CountingStream()
+    handler = BufferedStreamHandler(stream)
+    handler.setFormatter(logging.Formatter("%(message)s"))
+
+    async def first() -> None:
+        handler.handle(record("held by the first loop", level=logging.INFO))
+
+    async def second() -> None:
+        handler.handle(record("from the second", level=logging.INFO))
+
+    asyncio.run(first())  # its timer never fires
+    assert stream.getvalue() == ""
+    asyncio.run(second())
+    assert stream.getvalue().splitlines() == ["held by the first loop", "from the second"]

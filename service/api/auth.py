@@ -13,7 +13,7 @@ import hashlib
 import hmac
 import secrets
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from pwdlib import PasswordHash
 
@@ -47,11 +47,12 @@ class Token:
     value: str
     user_id: int
     expires_at: int  # unix seconds
+    # Names this token (for revocation) without being usable as one: its random part, read
+    # once (every request checks it against the revoked set).
+    id: str = field(init=False, repr=False, compare=False)
 
-    @property
-    def id(self) -> str:
-        """Names this token (for revocation) without being usable as one."""
-        return self.value.split(".")[3]
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "id", self.value.split(".")[3])
 
 
 # Tokens whose signature this worker has checked: a client sends the same one with every

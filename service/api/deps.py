@@ -10,6 +10,7 @@ from typing import Annotated
 
 from fastapi import Depends
 from starlette.requests import HTTPConnection
+from starlette.types import Scope
 
 from service.api.auth import RevokedTokens, Token, TokenSigner
 from service.config import Settings
@@ -75,16 +76,35 @@ def session(conn: HTTPConnection, allow_query: bool) -> Token:
     value = next(_candidates(conn, allow_query), None)
     if value is None:
         raise Unauthorized("not authenticated: send a bearer token or the session cookie")
-    state = conn.app.state
+    token = _checked(conn.scope, value)
+    if not allow_query:
+        conn.scope[SESSION_KEY] = token
+    return token
+
+
+def _checked(scope: Scope, value: str) -> Token:
+    state = scope["app"].state
     signer: TokenSigner = state.signer
     token = signer.verify(value)
     revoked: RevokedTokens = state.revoked
     if token is None or token.id in revoked:
         raise Unauthorized("invalid or expired token")
     note_user(token.user_id)  # the access log and later log records name the caller
-    if not allow_query:
-        conn.scope[SESSION_KEY] = token
     return token
+
+
+def scope_session(scope: Scope, authorization: bytes | None) -> Token:
+    """session(conn, allow_query=False) for a lean handler (service.api.routing) that has read
+    the request's first Authorization header itself (None: there is none): a bearer token is
+    checked without a Request; anything else goes through session() as it is."""
+    if authorization is not None:
+        scheme, _, value = authorization.decode("latin-1").partition(" ")
+        value = value.strip()
+        if value and scheme.lower() == "bearer":
+            token = _checked(scope, value)
+            scope[SESSION_KEY] = token
+            return token
+    return session(HTTPConnection(scope), allow_query=False)
 
 
 def user_id(conn: HTTPConnection, allow_query: bool) -> int:

@@ -31,7 +31,11 @@ class BadRequest(Invalid):
 
 def response_type(request: Request) -> str:
     """The protobuf media type the client named in Accept (echoed back), else JSON."""
-    accept = request.headers.get("accept", "")
+    return accepted(request.headers.get("accept", ""))
+
+
+def accepted(accept: str) -> str:
+    """response_type() of a request whose first Accept header is `accept` ("": none)."""
     if "protobuf" in accept:
         for part in accept.split(","):
             media = part.split(";", 1)[0].strip().lower()

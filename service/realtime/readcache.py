@@ -226,6 +226,17 @@ class ReadCache:
             with contextlib.suppress(ValueError):
                 self._waiters.remove(waiter)
 
+    def hit(self, item_id: int, need: int | None) -> CachedItem | None:
+        """The entry, if item() would answer it at once from the cache (counted as a hit);
+        else None, and nothing counted: item() then waits, fetches and counts."""
+        if self.live and max(need or 0, self.floor) <= self.seq:
+            entry = self._items.get(item_id)
+            if entry is not None:
+                self._items.move_to_end(item_id)
+                self._item_hits.inc()
+                return entry
+        return None
+
     async def item(
         self, item_id: int, need: int | None, fetch: Callable[[], Awaitable[pb.Item]]
     ) -> CachedItem:

@@ -54,6 +54,13 @@ def edges(low: int, high: int) -> st.SearchStrategy[str]:
 # -- GET /api/items/{item_id} ----------------------------------------------------------------
 
 ITEM_ID = st.one_of(edges(ID.low, ID.high), st.sampled_from(["1", "2", "999999"]))
+# Duckcast-Seq: none, seqs the cache has reached, one it has not (a short wait, then the
+# store), and what is no seq at all
+SEQ = st.one_of(
+    st.none(),
+    st.sampled_from(["0", "1", "2", "99999", str(INT64_MAX), str(INT64_MAX + 1)]),
+    st.sampled_from(["", " 1", "1 ", "+1", "-1", "x", "\u0661", "²"]),
+)
 
 # -- GET /api/items ----------------------------------------------------------------------------
 
@@ -120,7 +127,21 @@ ACCEPT = st.one_of(
 # Mostly a valid session, so that most requests get past 401 to their parameters.
 AUTH = st.one_of(
     st.just("bearer"),
-    st.sampled_from(["bearer", "cookie", "both", "none", "bad-bearer", "bad-cookie", "basic"]),
+    st.sampled_from(
+        [
+            "bearer",
+            "cookie",
+            "both",
+            "none",
+            "bad-bearer",
+            "bad-cookie",
+            "basic",
+            "odd-bearer",
+            "basic-then-bearer",
+            "bearer-then-bad",
+            "empty-bearer",
+        ]
+    ),
 )
 
 
@@ -204,6 +225,14 @@ def headers_for(
         headers.append((b"cookie", b"duckcast_session=v2.1.2.3.4"))
     if auth == "basic":
         headers.append((b"authorization", b"Basic " + token))
+    if auth == "odd-bearer":  # the scheme in any case, the token between spaces
+        headers.append((b"authorization", b"bEARER  " + token + b" "))
+    if auth == "basic-then-bearer":  # the first Authorization header counts
+        headers += [(b"authorization", b"Basic x"), (b"authorization", b"Bearer " + token)]
+    if auth == "bearer-then-bad":
+        headers += [(b"authorization", b"Bearer " + token), (b"authorization", b"Bearer x")]
+    if auth == "empty-bearer":  # no token in the header: the cookie's
+        headers += [(b"authorization", b"Bearer  "), (b"cookie", b"duckcast_session=" + token)]
     if accept is not None:
         headers.append((b"accept", accept.encode()))
     return headers
@@ -248,13 +277,34 @@ PROPERTY = settings(
 
 
 @PROPERTY
-@given(item_id=ITEM_ID, auth=AUTH, accept=ACCEPT)
-def test_get_item_answers_alike(live: Live, item_id: str, auth: str, accept: str | None) -> None:
-    req = Request("GET", f"/api/items/{item_id}", b"", headers_for(live, auth, accept), b"")
+@given(item_id=ITEM_ID, auth=AUTH, accept=ACCEPT, seq=SEQ, seq2=SEQ, accept2=ACCEPT)
+@example(item_id="1", auth="bearer", accept=JSON, seq=None, seq2=None, accept2=PROTOBUF)
+@example(item_id="1", auth="bearer", accept=None, seq="1", seq2="x", accept2=None)
+@example(item_id="1", auth="bearer", accept=None, seq="x", seq2="1", accept2=None)
+@example(item_id="1", auth="odd-bearer", accept=None, seq=None, seq2=None, accept2=None)
+@example(item_id="1", auth="basic-then-bearer", accept=None, seq=None, seq2=None, accept2=None)
+@example(item_id="1", auth="bearer-then-bad", accept=None, seq=None, seq2=None, accept2=None)
+@example(item_id="1", auth="empty-bearer", accept=None, seq=None, seq2=None, accept2=None)
+def test_get_item_answers_alike(
+    live: Live,
+    item_id: str,
+    auth: str,
+    accept: str | None,
+    seq: str | None,
+    seq2: str | None,
+    accept2: str | None,
+) -> None:
+    """The lean handler reads its headers in one pass: the first of each counts, as for a
+    Request's headers.get()."""
+    extra = [(b"duckcast-seq", s.encode()) for s in (seq, seq2) if s is not None]
+    headers = headers_for(live, auth, accept, extra)
+    if accept2 is not None:
+        headers.append((b"accept", accept2.encode()))
+    req = Request("GET", f"/api/items/{item_id}", b"", headers, b"")
     if "/" in item_id:
         return  # another route's path
     lean, declared = both_ways(live, req)
-    assert lean == declared, (item_id, auth, accept)
+    assert lean == declared, (item_id, auth, accept, seq, seq2, accept2)
 
 
 @PROPERTY

@@ -235,3 +235,27 @@ def orjson_bytes(value: object) -> bytes:
     import orjson
 
     return orjson.dumps(value)
+
+
+async def test_a_hit_is_answered_at_once_only_as_item_would_answer_it(
+    store: InProcessStoreClient,
+) -> None:
+    """`hit()` (the lean GET's way in, no await) answers exactly when `item()` would answer
+    from the cache without waiting, and counts a hit only then; otherwise it leaves the read
+    to `item()` (which waits, fetches and counts)."""
+    cache = await started(store)
+    fetch = Fetches(store)
+    (item,) = (await store.create_items(1, [pb.ItemCreate(title="a")])).items
+    await follow(cache, store)
+    hits = cache._item_hits
+    assert cache.hit(item.id, None) is None  # not cached yet
+    await cache.item(item.id, None, lambda: fetch.item(item.id))
+    before = hits._value.get()
+    entry = cache.hit(item.id, cache.seq)
+    assert entry is not None and entry.item == item and hits._value.get() == before + 1
+    assert cache.hit(item.id, cache.seq + 1) is None  # a seq the cache has not reached
+    cache.wrote(cache.seq + 1)  # nor a write of this worker's
+    assert cache.hit(item.id, None) is None
+    assert hits._value.get() == before + 1
+    cache.on_reset(cache.seq + 1)
+    assert cache.hit(item.id, None) is None  # forgotten

@@ -15,10 +15,11 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
-from service.api.deps import CurrentUser, StoreDep, user_id
+from service.api.deps import CurrentUser, StoreDep, scope_session, user_id
 from service.api.edge import route_path
 from service.api.negotiation import (
     JSON,
+    accepted,
     body_data,
     documented,
     parse_body,
@@ -99,7 +100,11 @@ def wrote(request: Request, seq: int) -> dict[str, str]:
 
 
 def wanted_seq(request: Request) -> int | None:
-    value = request.headers.get(SEQ_HEADER)
+    return seq_needed(request.headers.get(SEQ_HEADER))
+
+
+def seq_needed(value: str | None) -> int | None:
+    """The seq a read presented in SEQ_HEADER (`value`, None without one)."""
     if value is None:
         return None
     seq = ascii_int(value)
@@ -120,16 +125,20 @@ class _Encoded(Response):
 
 
 def _cached(request: Request, entry: Cached) -> Response:
-    """The entry in the negotiated format (an item with its ETag). An entry is never changed
-    (an event replaces it), so neither is the head made from it."""
-    media = response_type(request)
+    return _Encoded(*_answer(entry, response_type(request)))
+
+
+def _answer(entry: Cached, media: str) -> tuple[bytes, list[tuple[bytes, bytes]]]:
+    """The entry's body in `media` (the negotiated format) and the head of its 200 (an item
+    with its ETag). An entry is never changed (an event replaces it), so neither is the head
+    made from it: the caller answers with a copy."""
     body = entry.json if media == JSON else entry.proto
     head = entry.heads.get(media)
     if head is None:
         headers = etag(entry.item) if isinstance(entry, CachedItem) else None
         head = Response(body, media_type=media, headers=headers).raw_headers
         entry.heads[media] = head
-    return _Encoded(body, head)
+    return body, head
 
 
 async def read_item(request: Request, item_id: int, store: StoreClient) -> Response:
@@ -230,13 +239,63 @@ def _store(scope: Scope) -> StoreClient:
     return store
 
 
+# What each Accept header asks for (negotiation.accepted), by its raw bytes: clients repeat
+# the same few. Short ones only, at most MEDIA_KEPT of them (cleared when full).
+MEDIA_KEPT = 64
+MEDIA_KEPT_BYTES = 128
+_media: dict[bytes, str] = {}
+
+
+def _media_of(accept: bytes | None) -> str:
+    if accept is None:
+        return JSON
+    media = _media.get(accept)
+    if media is None:
+        media = accepted(accept.decode("latin-1"))
+        if len(accept) <= MEDIA_KEPT_BYTES:
+            if len(_media) >= MEDIA_KEPT:
+                _media.clear()
+            _media[accept] = media
+    return media
+
+
+def _read_headers(scope: Scope) -> tuple[bytes | None, bytes | None, bytes | None]:
+    """The first Authorization, Accept and Duckcast-Seq headers (None: absent), as a Request's
+    `headers.get()` finds them, in one pass over the list (each get() decodes and scans it)."""
+    authorization = accept = seq = None
+    for name, value in scope["headers"]:
+        if name == b"authorization":
+            if authorization is None:
+                authorization = value
+        elif name == b"accept":
+            if accept is None:
+                accept = value
+        elif name == b"duckcast-seq" and seq is None:
+            seq = value
+    return authorization, accept, seq
+
+
 async def _lean_get(scope: Scope, receive: Receive, send: Send) -> bool:
-    request = Request(scope, receive)
-    user_id(request, allow_query=False)  # first, as the endpoint's CurrentUser: 401 before 422
+    """GET /api/items/{id} with no Request made: what `get()` answers, the cache's hit sent
+    as the same two messages a Response sends."""
+    authorization, accept, seq = _read_headers(scope)
+    scope_session(scope, authorization)  # first, as the endpoint's CurrentUser: 401 before 422
     item_id = bounded_int(scope["path_params"]["item_id"], ID.low, ID.high)
     if item_id is None:
         return False  # the endpoint explains it (422)
-    await (await get(request, _store(scope), item_id))(scope, receive, send)
+    state = scope["app"].state
+    store: StoreClient = state.store
+    cache: ReadCache | None = state.read_cache
+    if cache is None:
+        await (await get(Request(scope, receive), store, item_id))(scope, receive, send)
+        return True
+    need = seq_needed(None if seq is None else seq.decode("latin-1"))
+    entry = cache.hit(item_id, need)
+    if entry is None:
+        entry = await cache.item(item_id, need, lambda: store.get_item(item_id))
+    body, head = _answer(entry, _media_of(accept))
+    await send({"type": "http.response.start", "status": 200, "headers": list(head)})
+    await send({"type": "http.response.body", "body": body})
     return True
 
 
