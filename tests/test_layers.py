@@ -21,6 +21,7 @@ CORE = {
     "service.config",
     "service.constants",
     "service.errors",
+    "service.gcpolicy",
     "service.keys",
     "service.logthrottle",
     "service.metrics",
