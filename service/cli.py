@@ -13,7 +13,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from service import redaction
+from service import gcpolicy, redaction
 from service.client.cli import add_commands as add_client_commands
 from service.config import Settings
 from service.keys import Keys, SecretError, load_keys
@@ -56,8 +56,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
         for signum in (signal.SIGTERM, signal.SIGINT):
             signal.signal(signum, lambda *_: None)
         # Embedded mode: one process, the store in-process, no Redis needed.
+        app = create_app(settings, keys=keys)
+        gcpolicy.settle(settings.gc_threshold)
         uvicorn.run(
-            create_app(settings, keys=keys),
+            app,
             host=settings.host,
             port=settings.port,
             log_config=None,  # configured above, like every other process (service.logging)

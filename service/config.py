@@ -62,6 +62,10 @@ class Settings(BaseSettings):
     password_hash_threads: int = Field(default=1, ge=1, le=64)
     password_hash_queue: int = Field(default=32, ge=0)
 
+    # Python's young-generation GC threshold once a server process has started (service/
+    # gcpolicy.py: start-up objects frozen out of collections too); 0 keeps Python's defaults.
+    gc_threshold: int = Field(default=10_000, ge=0)
+
     store_timeout_seconds: float = Field(default=5.0, gt=0)
     store_max_in_flight: int = Field(default=1024, ge=1)
 

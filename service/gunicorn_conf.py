@@ -9,7 +9,7 @@ import os
 import shutil
 from typing import Any
 
-from service import redaction
+from service import gcpolicy, redaction
 from service.config import Settings
 from service.logging import logging_config
 
@@ -38,6 +38,11 @@ def on_starting(server: Any) -> None:
     if path and not os.environ.get("DUCKCAST_SUPERVISED"):
         shutil.rmtree(path, ignore_errors=True)
         os.makedirs(path, exist_ok=True)
+
+
+def post_worker_init(worker: Any) -> None:
+    # The app is loaded (create_app ran in the worker): what exists now lives until exit.
+    gcpolicy.settle(_settings.gc_threshold)
 
 
 def child_exit(server: Any, worker: Any) -> None:

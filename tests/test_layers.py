@@ -21,6 +21,7 @@ CORE = {
     "service.config",
     "service.constants",
     "service.errors",
+    "service.gcpolicy",
     "service.hoptrace",
     "service.keys",
     "service.logthrottle",

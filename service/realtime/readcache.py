@@ -14,7 +14,9 @@ The race a cache miss must not lose: the store answers the item as it was when i
 event for that item applied while the answer travels would be overwritten by the older answer
 (for a delete: the item would live on in the cache forever). So a fill records the seq it
 started at, events for ids being fetched are noted, and the answer is kept only if no event
-for its id arrived after that seq (and no reset cleared the cache meanwhile).
+for its id arrived after that seq (and no reset cleared the cache meanwhile). A create needs
+no note: its id is new, so an answer for it reflects the create or a later change, and a later
+change is noted when its event comes.
 
 Bounded in bytes (an estimate of what entries hold, DUCKCAST_READ_CACHE_BYTES), least
 recently used out first. Nothing is served before the relay's first `on_reset(seq)`, its
@@ -84,21 +86,23 @@ class CachedItem(Cached):
 
 
 class CachedPage(Cached):
-    """A first page kept as a list (an event edits it in O(1) messages); the ItemPage message
-    is built when a read needs it."""
+    """A first page kept as a list (an event edits it in O(1) messages), with each item's
+    protobuf size beside it (a relay batch sizes only the items it puts on the page); the
+    ItemPage message is built when a read needs it."""
 
-    __slots__ = ("_message", "items", "limit", "seq", "total")
+    __slots__ = ("_message", "items", "limit", "seq", "sizes", "total")
 
-    def __init__(self, items: list[pb.Item], total: int, limit: int, seq: int, size: int) -> None:
-        super().__init__(size)
-        self.items, self.total, self.limit, self.seq = items, total, limit, seq
+    def __init__(
+        self, items: list[pb.Item], sizes: list[int], total: int, limit: int, seq: int
+    ) -> None:
+        super().__init__(3 * sum(sizes) + ENTRY_OVERHEAD)
+        self.items, self.sizes, self.total, self.limit, self.seq = items, sizes, total, limit, seq
         self._message: pb.ItemPage | None = None
 
     @classmethod
     def of(cls, page: pb.ItemPage) -> CachedPage:
         items = list(page.items)
-        size = 3 * sum(i.ByteSize() for i in items) + ENTRY_OVERHEAD
-        return cls(items, page.total, page.limit, page.seq, size)
+        return cls(items, [i.ByteSize() for i in items], page.total, page.limit, page.seq)
 
     @property
     def message(self) -> pb.ItemPage:
@@ -140,6 +144,10 @@ class ReadCache:
 
     def on_events(self, events: Sequence[pb.DomainEvent]) -> None:
         for ev in events:
+            if ev.type == pb.CREATED:
+                # A new id: nothing is cached for it, and a fill of it in flight answers the
+                # item as created or later (a later change of it is noted when it comes).
+                continue
             item_id = ev.deleted_id or ev.item.id
             if item_id in self._fetching:
                 self._touched[item_id] = ev.seq
@@ -166,39 +174,45 @@ class ReadCache:
 
     def _apply_to_page(self, limit: int, events: Sequence[pb.DomainEvent]) -> None:
         """A relay batch's events applied to one cached page, giving one new page (a page in
-        use by a reader is never changed in place)."""
+        use by a reader is never changed in place). Consecutive creates go on together: of a
+        batch's creates only the newest `limit` can be on the page, and only they are sized."""
         page = self._pages.get(limit)
         if page is None:
             return  # evicted while this batch was applied
         assert isinstance(page, CachedPage)
-        items, size, total, seq = page.items, page.size, page.total, page.seq
+        items, sizes = page.items, page.sizes
+        created: list[pb.DomainEvent] = []  # creates not on `items` yet, oldest first
         copied = False
+        last = None
         for ev in events:
-            if ev.seq <= seq:
+            if ev.seq <= page.seq:
                 continue  # the store's page already reflects it
+            last = ev
             if ev.type == pb.CREATED:
-                if not copied:
-                    items, copied = items.copy(), True
-                items.insert(0, ev.item)  # ids grow: a new item is the newest
-                size += 3 * ev.item.ByteSize()
-                if len(items) > limit:
-                    size -= 3 * items.pop().ByteSize()
-            elif ev.type == pb.UPDATED:
+                created.append(ev)
+                continue
+            if created:
+                items, sizes = _on_top(created, items, sizes, limit)
+                created, copied = [], True
+            if ev.type == pb.UPDATED:
                 at = _index(items, ev.item.id)
                 if at is not None:
                     if not copied:
-                        items, copied = items.copy(), True
-                    size += 3 * (ev.item.ByteSize() - items[at].ByteSize())
+                        items, sizes, copied = items.copy(), sizes.copy(), True
                     items[at] = ev.item
+                    sizes[at] = ev.item.ByteSize()
             elif (
                 len(items) < limit or ev.deleted_id >= items[-1].id
             ):  # the deleted item was on the page: what moves up into it is not known here
                 self._drop(self._pages, limit)
                 return
             # (a delete of an item older than the whole, full page changes only the counts)
-            total, seq = ev.stats.total, ev.seq
-        if seq != page.seq:
-            self._replace(self._pages, limit, CachedPage(items, total, limit, seq, size))
+        if last is None:
+            return
+        if created:
+            items, sizes = _on_top(created, items, sizes, limit)
+        page = CachedPage(items, sizes, last.stats.total, limit, last.seq)
+        self._replace(self._pages, limit, page)
 
     # -- the request's side ---------------------------------------------------------------
 
@@ -309,6 +323,16 @@ class ReadCache:
         for need, future in self._waiters:
             if need <= self.seq and not future.done():
                 future.set_result(None)
+
+
+def _on_top(
+    created: list[pb.DomainEvent], items: list[pb.Item], sizes: list[int], limit: int
+) -> tuple[list[pb.Item], list[int]]:
+    """New lists: the items of `created` (oldest first; ids grow, so the newest is the page's
+    first item) above `items`, cut to `limit`."""
+    top = [ev.item for ev in created[: -limit - 1 : -1]]
+    keep = limit - len(top)
+    return top + items[:keep], [i.ByteSize() for i in top] + sizes[:keep]
 
 
 def _index(items: list[pb.Item], item_id: int) -> int | None:

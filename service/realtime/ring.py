@@ -143,13 +143,13 @@ class EncodedEvent:
     """One event with its wire forms computed on first use and shared by every subscriber."""
 
     __slots__ = (
+        "_commit_time",
         "_json",
         "_proto",
         "_sse",
         "_ws_binary",
         "_ws_text",
         "appended",
-        "commit_time",
         "event",
         "seq",
         "size",
@@ -159,19 +159,27 @@ class EncodedEvent:
         self.event = event
         self.seq = event.seq
         self.size = event.ByteSize()
-        # The commit time, for the delivery-lag histogram: a create or update stamps the
-        # item's updated_at in the commit; a delete carries the item as it was (no stamp).
-        self.commit_time = (
-            event.item.updated_at.seconds + event.item.updated_at.nanos / 1e9
-            if event.type in (pb.CREATED, pb.UPDATED)
-            else 0.0
-        )
         self.appended = 0.0  # monotonic time the ring appended it (Trace only)
+        self._commit_time: float | None = None
         self._sse: bytes | None = None
         self._json: str | None = None
         self._proto: bytes | None = None
         self._ws_text: bytes | None = None
         self._ws_binary: bytes | None = None
+
+    @property
+    def commit_time(self) -> float:
+        """The commit time, for the delivery-lag histogram (read only when the event is
+        delivered: every worker appends every event, with or without subscribers). A create
+        or update stamps the item's updated_at in the commit; a delete carries the item as it
+        was (no stamp): 0.0."""
+        if self._commit_time is None:
+            ev = self.event
+            stamp = ev.item.updated_at
+            self._commit_time = (
+                stamp.seconds + stamp.nanos / 1e9 if ev.type in (pb.CREATED, pb.UPDATED) else 0.0
+            )
+        return self._commit_time
 
     @property
     def sse(self) -> bytes:

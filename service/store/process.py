@@ -8,7 +8,7 @@ import logging
 import os
 import signal
 
-from service import hoptrace
+from service import gcpolicy, hoptrace
 from service.config import Settings
 from service.keys import Keys
 from service.metrics import observe_batch
@@ -60,6 +60,7 @@ async def run_store(
         logger.warning("REDIS_URL is not set: change events are not published to workers")
     server = StoreServer(engine, listen, key=keys.store)
     await server.start()
+    gcpolicy.settle(settings.gc_threshold)  # what exists now (the engine, its caches) stays
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

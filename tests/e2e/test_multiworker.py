@@ -3,6 +3,7 @@ through a store crash."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import threading
@@ -350,3 +351,29 @@ def test_store_killed_mid_traffic_is_restarted_and_loses_no_acknowledged_write(
     assert not applied, f"answered 503 but applied: {sorted(applied)[:5]}"
     assert bad_log_lines(api.logs()) == []
     print(f"outage statuses: {dict(outage.statuses)}; slowest write {outage.slowest:.2f}s")
+
+
+def settled_pids(logs: str) -> set[int]:
+    """The processes that logged service.gcpolicy's line (JSON log lines)."""
+    pids = set()
+    for line in logs.splitlines():
+        if '"gc settled: ' in line:
+            pids.add(json.loads(line)["pid"])
+    return pids
+
+
+def test_store_and_every_worker_settle_their_garbage_collector(
+    deployment: Deployment, redis_server: RedisServer
+) -> None:
+    """Once started, the store and each gunicorn worker freeze their start-up objects and raise
+    the young GC threshold (service.gcpolicy; README, Performance > Writes)."""
+    api = deployment.serve(workers=2, REDIS_URL=redis_server.url)
+    tree = process_tree(api, workers=2)
+    expected = {tree.store, *tree.workers}
+    wait_until(lambda: settled_pids(api.logs()) == expected, timeout=10)
+
+
+def test_embedded_server_settles_its_garbage_collector(deployment: Deployment) -> None:
+    """`duckcast serve` with one worker (the store in-process) does the same."""
+    api = deployment.serve(workers=1)
+    wait_until(lambda: settled_pids(api.logs()) == {api.pid}, timeout=10)
