@@ -333,8 +333,8 @@ class Cursor:
         self.parked: Waker | None = None
         # the session the stream was opened with: it ends when that token expires or is revoked
         self.expires_at = math.inf  # unix seconds
-        # held, not its id: `Token.id` makes a new string per call (~70 B a stream), while the
-        # Token is the one the worker's cache of verified tokens already holds
+        # held, not a copy of its id: the Token is the one the worker's cache of verified
+        # tokens already holds
         self.session: Session | None = None
 
 
