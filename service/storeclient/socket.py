@@ -29,11 +29,11 @@ import contextlib
 import logging
 import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from typing import Any
 
 from service import hoptrace
-from service.errors import Invalid, StoreTimeout, StoreUnavailable, WriteInDoubt
+from service.errors import StoreTimeout, StoreUnavailable, WriteInDoubt
 from service.pb import duckcast_pb2 as pb
 from service.pb import store_pb2 as spb
 from service.storeclient.base import StoreClient, count_request, create_op, observe_latency
@@ -190,13 +190,15 @@ class SocketStoreClient(StoreClient):
         creates, self._creates = self._creates, []
         for start in range(0, len(creates), MAX_COALESCED):
             chunk = creates[start : start + MAX_COALESCED]
-            if self._send_now(chunk):
-                continue
-            task = asyncio.get_running_loop().create_task(self._create_many(chunk))
-            self._coalescing.add(task)
-            task.add_done_callback(self._coalescing.discard)
+            if not self._send_now(chunk):
+                self._spawn(self._create_many(chunk))
         # Now, not a loop turn later: the creates of this turn are all in (see _send_now).
         self._flush()
+
+    def _spawn(self, creating: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.get_running_loop().create_task(creating)
+        self._coalescing.add(task)
+        task.add_done_callback(self._coalescing.discard)
 
     def _send_now(self, creates: list[_Create]) -> bool:
         """The creates' request written in this callback, and their answer handed out as the
@@ -211,17 +213,18 @@ class SocketStoreClient(StoreClient):
             return False
         if not _acquire_now(self._slots):
             return False
-        if len(creates) == 1:
-            req = spb.StoreRequest(create_items=creates[0][0])
-        else:
-            req = spb.StoreRequest(create_many=spb.CreateMany(creates=[op for op, _ in creates]))
+        req = _creates_request(creates)
         rid, future = self._begin(req, asyncio.get_running_loop().time() + self.timeout)
         started = time.perf_counter()
 
         def answered() -> None:
             self._end(rid)
             self._slots.release()
-            self._created(req, creates, future, started)
+            if future.cancelled():
+                outcome: spb.StoreResponse | BaseException = StoreUnavailable("store client closed")
+            else:
+                outcome = future.exception() or future.result()
+            self._created(req, creates, outcome, started)
 
         self._on_answer[rid] = answered
         # Timeouts and a lost connection fail the future: they come this way.
@@ -235,33 +238,46 @@ class SocketStoreClient(StoreClient):
         if hook is not None:
             hook()
 
+    async def _create_many(self, creates: list[_Create]) -> None:
+        """The task path: the request waits for a connection and a slot (`call`)."""
+        if len(creates) > 1 and not self.coalesce:  # one by one: each a CreateItems
+            await asyncio.gather(*(self._create_many([create]) for create in creates))
+            return
+        req = _creates_request(creates)
+        started = time.perf_counter()
+        outcome: spb.StoreResponse | BaseException
+        try:
+            outcome = await self.call(req)
+        except Exception as exc:
+            outcome = exc
+        self._created(req, creates, outcome, started)
+
     def _created(
         self,
         req: spb.StoreRequest,
         creates: list[_Create],
-        future: asyncio.Future[spb.StoreResponse],
+        outcome: spb.StoreResponse | BaseException,
         started: float,
     ) -> None:
-        """The outcome of a `_send_now` request into its creates' futures, counted and timed
-        as `_ok` and `_create_many` / `_create_one` do on the task path."""
+        """The outcome of a create request, from either path, into its creates' futures,
+        counted and timed as `StoreClient._ok` counts every other call."""
         op = req.WhichOneof("op") or "create_items"
-        if future.cancelled():
-            _fail_all(creates, StoreUnavailable("store client closed"))
-            return
-        failed = future.exception()
-        if failed is not None:
-            if isinstance(failed, StoreUnavailable):
+        if isinstance(outcome, BaseException):
+            if isinstance(outcome, StoreUnavailable):
                 count_request(op, "unavailable")
-            _fail_all(creates, failed)
+            _fail_all(creates, outcome)
             return
-        resp = future.result()
         observe_latency(op, time.perf_counter() - started)
-        if resp.WhichOneof("result") == "error":
-            count_request(op, _code(resp.error))
-            exc = error_for(resp.error)
+        if outcome.WhichOneof("result") == "error":
+            count_request(op, _code(outcome.error))
+            exc = error_for(outcome.error)
             if op == "create_many" and str(exc).startswith(UNKNOWN_OPERATION):
                 # A store older than CreateMany (a rolling upgrade): it applied nothing.
-                self._no_create_many(creates)
+                logger.warning(
+                    "the store at %s does not take CreateMany: creates go one by one", self.url
+                )
+                self.coalesce = False
+                self._spawn(self._create_many(creates))
             else:
                 _fail_all(creates, exc)
             return
@@ -269,41 +285,9 @@ class SocketStoreClient(StoreClient):
         if hoptrace.HOPS is not None:
             self._stamp(req.id, creates)
         if op == "create_many":
-            self._hand_out(creates, resp)
+            self._hand_out(creates, outcome)
         elif not creates[0][1].done():
-            creates[0][1].set_result((resp.items, resp.seq))
-
-    def _no_create_many(self, creates: list[_Create]) -> None:
-        logger.warning("the store at %s does not take CreateMany: creates go one by one", self.url)
-        self.coalesce = False
-        task = asyncio.get_running_loop().create_task(self._create_many(creates))
-        self._coalescing.add(task)
-        task.add_done_callback(self._coalescing.discard)
-
-    async def _create_many(self, creates: list[_Create]) -> None:
-        if len(creates) == 1 or not self.coalesce:
-            await asyncio.gather(*(self._create_one(op, future) for op, future in creates))
-            return
-        req = spb.StoreRequest(create_many=spb.CreateMany(creates=[op for op, _ in creates]))
-        try:
-            resp = await self._ok(req)
-        except Invalid as exc:
-            if not str(exc).startswith(UNKNOWN_OPERATION):
-                _fail_all(creates, exc)
-                return
-            # A store older than CreateMany (a rolling upgrade): it applied nothing.
-            logger.warning(
-                "the store at %s does not take CreateMany: creates go one by one", self.url
-            )
-            self.coalesce = False
-            await self._create_many(creates)
-            return
-        except Exception as exc:  # the request as a whole: every create gets it
-            _fail_all(creates, exc)
-            return
-        if hoptrace.HOPS is not None:
-            self._stamp(req.id, creates)
-        self._hand_out(creates, resp)
+            creates[0][1].set_result((outcome.items, outcome.seq))
 
     def _hand_out(self, creates: list[_Create], resp: spb.StoreResponse) -> None:
         """A CreateMany's answers to their creates' futures."""
@@ -321,20 +305,6 @@ class SocketStoreClient(StoreClient):
                 future.set_result((answer.items, answer.seq))
             else:
                 future.set_exception(error_for(answer.error))
-
-    async def _create_one(
-        self, op: spb.CreateItems, future: asyncio.Future[tuple[pb.ItemList, int]]
-    ) -> None:
-        req = spb.StoreRequest(create_items=op)
-        try:
-            resp = await self._ok(req)
-        except Exception as exc:
-            _fail_all([(op, future)], exc)
-            return
-        if hoptrace.HOPS is not None:
-            self._stamp(req.id, [(op, future)])
-        if not future.done():
-            future.set_result((resp.items, resp.seq))
 
     def _stamp(self, rid: int, creates: list[_Create]) -> None:
         """service.hoptrace: the request's hops into the rows of the creates it carried."""
@@ -512,3 +482,9 @@ async def _authenticate(
     except BaseException:
         writer.close()
         raise
+
+
+def _creates_request(creates: list[_Create]) -> spb.StoreRequest:
+    if len(creates) == 1:
+        return spb.StoreRequest(create_items=creates[0][0])
+    return spb.StoreRequest(create_many=spb.CreateMany(creates=[op for op, _ in creates]))
