@@ -33,6 +33,8 @@ import time
 from contextvars import ContextVar
 from typing import Any
 
+TRACED = ("create_items", "create_many")  # the store requests followed: the creates
+
 
 class HopLog:
     def __init__(self, directory: str) -> None:

@@ -113,7 +113,7 @@ class StoreServer:
                     out.send(_refusal(req.id))
                     continue
                 row = None
-                if hoptrace.HOPS is not None and req.WhichOneof("op") in TRACED:
+                if hoptrace.HOPS is not None and req.WhichOneof("op") in hoptrace.TRACED:
                     row = {"kind": "req", "pid": peer_pid(writer), "rid": req.id}
                     row["read"] = time.monotonic()
                 await slots.acquire()
@@ -207,9 +207,6 @@ class _Coalescer:
                 row["flushed"] = now
                 hoptrace.HOPS.add(row)
             self._rows.clear()
-
-
-TRACED = ("create_items", "create_many")  # the requests service.hoptrace follows
 
 
 def peer_pid(writer: asyncio.StreamWriter) -> int:

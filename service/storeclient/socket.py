@@ -58,7 +58,6 @@ COMMIT_MARGIN_MAX = 1.0
 # (a commit takes milliseconds: only a paused or stalled store makes this wait), then 504.
 IN_DOUBT_WAIT = 10.0
 _Create = tuple[spb.CreateItems, asyncio.Future[tuple[pb.ItemList, int]]]
-_CREATES = ("create_items", "create_many")  # the requests service.hoptrace follows
 MAX_COALESCED = 256  # creates per CreateMany (single-item creates: a few KB each at most)
 
 
@@ -148,7 +147,7 @@ class SocketStoreClient(StoreClient):
         self._pending[rid] = future
         self._deadlines[rid] = deadline
         self._send(encode_frame(req.SerializeToString()))
-        if hoptrace.HOPS is not None and req.WhichOneof("op") in _CREATES:
+        if hoptrace.HOPS is not None and req.WhichOneof("op") in hoptrace.TRACED:
             self._unsent.append(rid)
         if self._sweeper is None:
             self._sweeper = loop.call_later(SWEEP_INTERVAL, self._sweep)
