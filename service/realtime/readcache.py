@@ -244,22 +244,24 @@ class ReadCache:
         """The entry, if item() would answer it at once from the cache (counted as a hit);
         else None, and nothing counted: item() then waits, fetches and counts."""
         if self.live and max(need or 0, self.floor) <= self.seq:
-            entry = self._items.get(item_id)
-            if entry is not None:
-                self._items.move_to_end(item_id)
-                self._item_hits.inc()
-                return entry
+            return self._cached(item_id)
         return None
+
+    def _cached(self, item_id: int) -> CachedItem | None:
+        """The item's entry if it is kept (counted as a hit, and now the most recent)."""
+        entry = self._items.get(item_id)
+        if entry is not None:
+            self._items.move_to_end(item_id)
+            self._item_hits.inc()
+        return entry
 
     async def item(
         self, item_id: int, need: int | None, fetch: Callable[[], Awaitable[pb.Item]]
     ) -> CachedItem:
         if await self.fresh(need):
-            entry = self._items.get(item_id)
-            if entry is not None:
-                self._items.move_to_end(item_id)
-                self._item_hits.inc()
-                return entry
+            cached = self._cached(item_id)
+            if cached is not None:
+                return cached
         self._item_misses.inc()
         epoch, start = self._epoch, self.seq
         self._fetching[item_id] = self._fetching.get(item_id, 0) + 1
